@@ -1,0 +1,17 @@
+"""Exceptions raised for bad user input: each message names the problem and the fix."""
+
+
+class SupmimError(Exception):
+    """Base class for errors the CLI reports as a clean message (no traceback)."""
+
+
+class ConfigError(SupmimError, ValueError):
+    """An invalid configuration key or value; raised before any work starts."""
+
+
+class DataError(SupmimError, ValueError):
+    """Data that cannot be found or read in the accepted forms."""
+
+
+class CheckpointError(SupmimError, ValueError):
+    """A checkpoint or exported model that cannot be loaded safely."""
