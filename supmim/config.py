@@ -1,0 +1,388 @@
+"""Typed run configuration: dataclasses, named presets, ``key=value`` overrides, validation.
+
+A run is fully described by one :class:`RunConfig`. It is built from defaults, then a preset,
+then a YAML file, then command-line overrides (``--set train.lr=3e-4``), and validated before
+any data is read or any model is built, so a bad value never costs a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from supmim.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """The ViT encoder: any timm ``VisionTransformer`` by name, plus size overrides."""
+
+    name: str = "vit_tiny_patch16_224"  # timm model name; architecture args below override it
+    img_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 3
+    global_pool: str = "avg"  # "token" ([CLS]) or "avg" (GAP)
+    embed_dim: int | None = None  # None keeps the timm model's own value
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path: float = 0.1
+
+
+@dataclass
+class MimConfig:
+    """The masked-image-modeling branch. ``enabled=False`` is the supervised baseline."""
+
+    enabled: bool = True
+    weight: float = 1.0  # lambda in  loss = CE_cls + lambda * CE_mim
+    target: str = "vq"  # "vq" (tokenizer ids, the paper), "pixel" (MAE), "hog" (MaskFeat)
+    tokenizer: str | None = None  # path to a saved tokenizer for target "vq", or "auto"
+    mask_ratio: float = 0.75
+    masking: str = "random"  # "random" or "block" (BEiT block-wise)
+    mode: str = "drop"  # "drop" masked patches (MAE) or "mask_token" (BEiT [MASK] embedding)
+    decoder_depth: int = 1  # 0 = linear head only (needs mode "mask_token")
+    decoder_dim: int = 128
+    decoder_heads: int = 4
+    label_smoothing: float = 0.0  # on the token cross-entropy
+    norm_pix: bool = True  # pixel target: normalise each patch by its mean and std (MAE)
+    tokenizer_steps: int = 1500  # steps when tokenizer is "auto"
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are augmented."""
+
+    data: str = "fashion-mnist"  # folder tree, .tar/.tar.gz archive, or a built-in name
+    root: str | None = None  # root folder for built-in datasets
+    download: bool = False  # allow torchvision to download cifar10/cifar100
+    cache_dir: str | None = None  # where archives are extracted (default ~/.cache/supmim)
+    val_fraction: float = 0.1  # carved from train, stratified; 0 = evaluate on the test split
+    train_samples: int = 0  # class-balanced training subset; 0 = all
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    crop: str = "pad"  # "pad" (random crop with padding), "rrc" (random resized crop), "none"
+    pad: int = 4
+    hflip: float = 0.5
+    rand_augment: str | None = None  # timm auto-augment string, e.g. "rand-m9-mstd0.5"
+    re_prob: float = 0.0  # random erasing probability
+    crop_pct: float = 1.0  # evaluation centre-crop fraction
+    interpolation: str = "bicubic"
+    mean: list[float] | None = None  # None = the dataset's own statistics
+    std: list[float] | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    clip_grad: float | None = 1.0
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # timm Mixup alpha; 0 = off
+    cutmix: float = 0.0  # timm CutMix alpha; 0 = off
+    ema: bool = False
+    ema_decay: float = 0.999
+    amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    log_every: int = 50  # steps between metrics.jsonl lines
+    max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
+    keep_checkpoints: int = 2  # how many epoch checkpoints to keep besides "best"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mim: MimConfig = field(default_factory=MimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.global_pool": ("token", "avg"),
+    "mim.target": ("vq", "pixel", "hog"),
+    "mim.masking": ("random", "block"),
+    "mim.mode": ("drop", "mask_token"),
+    "data.crop": ("pad", "rrc", "none"),
+    "data.interpolation": ("bilinear", "bicubic", "nearest"),
+    "train.amp": ("auto", "bf16", "off"),
+}
+
+# Small ViT sizes that train on a CPU; the paper's sizes use timm's own names.
+_TINY = {"embed_dim": 192, "depth": 6, "num_heads": 3}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The demo: Fashion-MNIST 28x28 grey, 7x7 patch grid, a few minutes per arm on 2 CPU cores.
+    "fashion-mnist": {
+        "model": {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 128, "depth": 4,
+                  "num_heads": 4, "global_pool": "avg", "drop_path": 0.05},
+        "data": {"data": "fashion-mnist", "train_samples": 12000, "crop": "pad", "pad": 2,
+                 "hflip": 0.5},
+        "train": {"epochs": 6, "lr": 1e-3, "warmup_epochs": 0.5},
+        "mim": {"decoder_dim": 96, "decoder_heads": 4},
+    },
+    # Fallback demo data: scikit-learn digits, 8x8 upsampled to 16, patch 2.
+    "digits": {
+        "model": {"img_size": 16, "patch_size": 2, "in_chans": 1, "embed_dim": 96, "depth": 4,
+                  "num_heads": 3, "global_pool": "avg", "drop_path": 0.0},
+        "data": {"data": "digits", "crop": "pad", "pad": 1, "hflip": 0.0, "val_fraction": 0.1},
+        "train": {"epochs": 30, "lr": 1e-3, "warmup_epochs": 2.0, "log_every": 10},
+        "mim": {"decoder_dim": 64, "decoder_heads": 4},
+    },
+    # The CIFAR-10 benchmark model (DESIGN.md's calibration recipe).
+    "cifar10": {
+        "model": {"img_size": 32, "patch_size": 4, "in_chans": 3, **_TINY, "global_pool": "avg",
+                  "drop_path": 0.1},
+        "data": {"data": "cifar10", "crop": "pad", "pad": 4, "hflip": 0.5},
+        "train": {"epochs": 25, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 2.5},
+        "mim": {"decoder_dim": 128, "decoder_heads": 4},
+    },
+    # The paper's main setting: ViT-B/14 at 224 on ImageNet-1k (GPUs), MaskGIT-style f16 tokens
+    # on the same crop at 256 give the 16x16 grid. The tokenizer path must be given.
+    "vit-b14-in1k": {
+        "model": {"name": "vit_base_patch16_224", "img_size": 224, "patch_size": 14,
+                  "in_chans": 3, "global_pool": "token", "drop_path": 0.1},
+        "data": {"crop": "rrc", "rand_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25,
+                 "crop_pct": 0.875, "val_fraction": 0.0, "batch_size": 256, "num_workers": 8,
+                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "train": {"epochs": 300, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 20,
+                  "mixup": 0.8, "cutmix": 1.0, "ema": True, "ema_decay": 0.9999},
+        "mim": {"decoder_dim": 512, "decoder_heads": 16, "mask_ratio": 0.5},
+    },
+    # For tests: as small as a ViT gets.
+    "tiny-test": {
+        "model": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                  "drop_path": 0.0},
+        "data": {"batch_size": 16, "eval_batch_size": 32, "num_workers": 0},
+        "train": {"epochs": 1, "warmup_epochs": 0.0, "log_every": 1},
+        "mim": {"decoder_dim": 32, "decoder_heads": 2},
+    },
+}
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
+
+
+def _field_map(section: Any) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in fields(section)}
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, e.g. ``train.lr``."""
+    cfg = RunConfig()
+    return [f"{s}.{k}" for s in _field_map(cfg) for k in _field_map(getattr(cfg, s))]
+
+
+def _unknown(key: str) -> ConfigError:
+    near = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(near)}?" if near else ""
+    return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(all_keys())}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a dataclass annotation (resolved from its string form)."""
+    hint = _resolve_hint(annotation)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(key, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    raise ConfigError(f"config key '{key}' has an unsupported type {hint}")
+
+
+_HINTS = {
+    "int": int, "float": float, "str": str, "bool": bool,
+    "int | None": int | None, "float | None": float | None, "str | None": str | None,
+    "list[float] | None": list[float] | None,
+}
+
+
+def _resolve_hint(annotation: Any) -> Any:
+    if isinstance(annotation, str):
+        return _HINTS[annotation]
+    return annotation
+
+
+def set_key(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set one dotted key (``train.lr``) with type checking."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise _unknown(key)
+    section_name, name = parts
+    if section_name not in _field_map(cfg):
+        raise _unknown(key)
+    section = getattr(cfg, section_name)
+    fmap = _field_map(section)
+    if name not in fmap:
+        raise _unknown(key)
+    setattr(section, name, _coerce(key, value, fmap[name].type))
+
+
+def apply_dict(cfg: RunConfig, values: dict[str, Any], where: str = "config") -> None:
+    """Apply a nested ``{section: {key: value}}`` dict (a preset or a YAML file)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of sections "
+                          f"({', '.join(_field_map(cfg))}), got {type(values).__name__}")
+    for section, body in values.items():
+        if section not in _field_map(cfg):
+            raise ConfigError(f"unknown config section '{section}' in {where}; "
+                              f"valid sections: {', '.join(_field_map(cfg))}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"section '{section}' in {where} must be a mapping")
+        for key, value in body.items():
+            set_key(cfg, f"{section}.{key}", value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value, e.g. train.lr=3e-4")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    # YAML reads "3e-4" as a string (no dot): accept it as a number where a number is meant.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") else int(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def build_config(preset: str | None = None, file: str | Path | None = None,
+                 overrides: list[str] | None = None,
+                 extra: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults <- preset <- YAML file <- ``extra`` (dotted keys) <- ``key=value`` overrides."""
+    cfg = RunConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}'; choices: {', '.join(PRESETS)}")
+        apply_dict(cfg, PRESETS[preset], where=f"preset '{preset}'")
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        apply_dict(cfg, yaml.safe_load(path.read_text()) or {}, where=str(path))
+    for key, value in (extra or {}).items():
+        set_key(cfg, key, value)
+    for text in overrides or []:
+        set_key(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a resolved ``config.yaml`` written by a run."""
+    cfg = RunConfig()
+    apply_dict(cfg, yaml.safe_load(Path(path).read_text()) or {}, where=str(path))
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range and consistency checks; every failure names the key and the valid values."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value in choices, key, f"is {value!r}; choose one of {', '.join(choices)}")
+    m, k, d, t = cfg.model, cfg.mim, cfg.data, cfg.train
+    _check(m.img_size > 0, "model.img_size", "must be positive")
+    _check(m.patch_size > 0 and m.img_size % m.patch_size == 0, "model.patch_size",
+           f"({m.patch_size}) must divide model.img_size ({m.img_size})")
+    _check(m.in_chans in (1, 3), "model.in_chans", "must be 1 (grey) or 3 (RGB)")
+    _check(0.0 <= m.drop_path < 1.0, "model.drop_path", "must be in [0, 1)")
+    _check(0.0 < k.mask_ratio < 1.0, "mim.mask_ratio", f"is {k.mask_ratio}; must be in (0, 1)")
+    _check(k.weight >= 0.0, "mim.weight", "must be >= 0")
+    _check(k.decoder_depth >= 0, "mim.decoder_depth", "must be >= 0")
+    _check(k.decoder_depth > 0 or k.mode == "mask_token", "mim.decoder_depth",
+           "0 (a linear head) needs mim.mode=mask_token: with dropped patches the masked "
+           "positions never reach the encoder")
+    _check(k.decoder_dim % k.decoder_heads == 0, "mim.decoder_dim",
+           f"({k.decoder_dim}) must be divisible by mim.decoder_heads ({k.decoder_heads})")
+    _check(0.0 <= k.label_smoothing < 1.0, "mim.label_smoothing", "must be in [0, 1)")
+    grid = (m.img_size // m.patch_size) ** 2
+    _check(round(k.mask_ratio * grid) >= 1 and round(k.mask_ratio * grid) < grid,
+           "mim.mask_ratio", f"masks {round(k.mask_ratio * grid)} of {grid} patches; "
+           "at least one patch must be masked and one visible")
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _check(d.train_samples >= 0, "data.train_samples", "must be >= 0 (0 = all)")
+    _check(d.batch_size > 0, "data.batch_size", "must be positive")
+    _check(d.eval_batch_size > 0, "data.eval_batch_size", "must be positive")
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(0.0 <= d.hflip <= 1.0, "data.hflip", "must be a probability in [0, 1]")
+    _check(0.0 <= d.re_prob <= 1.0, "data.re_prob", "must be a probability in [0, 1]")
+    _check(0.0 < d.crop_pct <= 1.0, "data.crop_pct", "must be in (0, 1]")
+    for name in ("mean", "std"):
+        stats = getattr(d, name)
+        _check(stats is None or len(stats) in (1, 3), f"data.{name}",
+               "must have 1 or 3 values (one per channel)")
+    _check(d.std is None or all(s > 0 for s in d.std), "data.std", "values must be positive")
+    _check(t.epochs > 0, "train.epochs", "must be positive")
+    _check(t.lr > 0, "train.lr", "must be positive")
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+    _check(t.clip_grad is None or t.clip_grad > 0, "train.clip_grad", "must be positive or null")
+    _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
+    _check(t.mixup >= 0 and t.cutmix >= 0, "train.mixup", "mixup/cutmix alphas must be >= 0")
+    _check(0.0 < t.ema_decay < 1.0, "train.ema_decay", "must be in (0, 1)")
+    _check(t.log_every > 0, "train.log_every", "must be positive")
+    _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = no limit)")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    _check(t.threads >= 0, "train.threads", "must be >= 0")
+    if k.enabled and k.target == "vq":
+        _check(k.tokenizer is not None, "mim.tokenizer",
+               "is required for mim.target=vq: train one with `supmim tokenizer train --data D "
+               "--out TOK` and pass --tokenizer TOK, or pass --tokenizer auto to train one into "
+               "the run directory first (or use --target pixel / hog)")

@@ -1,0 +1,475 @@
+"""The training loop: one stage of supervised + MIM training, evaluated every epoch.
+
+The run directory it leaves behind:
+    config.yaml      the fully resolved configuration
+    metrics.jsonl    one JSON object per logged step ("train") and per epoch ("epoch")
+    summary.json     final metrics (val and test top-1 / top-5, timings)
+    checkpoints/     epoch_NNNN/ (the latest ones) and best/, each resumable
+    tokenizer/       a copy of the VQ tokenizer used (target "vq"), so the run is self-contained
+
+Randomness is derived, not carried: every epoch re-seeds the global RNGs and the data loader's
+generator from ``(seed, epoch)``, and masks come from ``(seed, epoch, sample index)``; resuming
+at an epoch boundary therefore replays exactly what an uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm.auto import tqdm
+
+from supmim.config import RunConfig, save_config
+from supmim.data import (ImageDataset, build_eval_transform, build_train_transform,
+                         channel_stats, labels_of, resolve_data, stratified_split,
+                         stratified_subset)
+from supmim.engine import dist
+from supmim.engine.checkpoint import (atomic_write_text, epoch_folder, latest_checkpoint,
+                                      load_checkpoint, prune_checkpoints, save_checkpoint)
+from supmim.errors import CheckpointError, ConfigError
+from supmim.masking import build_masker, sample_masks
+from supmim.models import SupMimModel, create_vit, grid_of
+from supmim.targets import build_target
+
+SPLIT_SEED = 0  # the train/val split and training subset are the same for every training seed
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{name}' but CUDA is not available; use cpu or auto")
+    return device
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays off: on CUDA by default, on request elsewhere."""
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class RunData:
+    """Datasets of one run; ``eval`` is what the per-epoch evaluation uses."""
+
+    train: Dataset
+    eval: Dataset | None
+    eval_split: str
+    test: Dataset | None
+    test_split: str
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def split_indices(cfg: RunConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Training indices (after the subset) and validation indices (None without a val split)."""
+    d = cfg.data
+    train_idx, val_idx = np.arange(len(labels)), None
+    if d.val_fraction > 0:
+        train_idx, val_idx = stratified_split(labels, d.val_fraction, SPLIT_SEED)
+    if d.train_samples:
+        if d.train_samples > len(train_idx):
+            raise ConfigError(f"data.train_samples ({d.train_samples}) exceeds the "
+                              f"{len(train_idx)} training images available")
+        train_idx = train_idx[stratified_subset(labels[train_idx], d.train_samples, SPLIT_SEED)]
+    return train_idx, val_idx
+
+
+def build_run_data(cfg: RunConfig) -> RunData:
+    """Resolve ``--data``, carve the validation split, apply the training subset."""
+    d, m = cfg.data, cfg.model
+    src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
+    mean, std = channel_stats(d.mean or src.mean, d.std or src.std, m.in_chans)
+    train_idx, val_idx = split_indices(cfg, labels_of(src.train))
+    train_tf = build_train_transform(m.img_size, m.in_chans, mean, std, crop=d.crop, pad=d.pad,
+                                     hflip=d.hflip, rand_augment=d.rand_augment,
+                                     re_prob=d.re_prob, interpolation=d.interpolation)
+    eval_tf = build_eval_transform(m.img_size, mean, std, crop_pct=d.crop_pct,
+                                   interpolation=d.interpolation)
+    train = ImageDataset(src.train, train_tf, m.in_chans, indices=train_idx)
+    test = ImageDataset(src.test, eval_tf, m.in_chans) if src.test is not None else None
+    val = ImageDataset(src.train, eval_tf, m.in_chans, indices=val_idx) \
+        if val_idx is not None else None
+    if val is None and test is None:
+        raise ConfigError(f"'{d.data}' has no test split: set data.val_fraction > 0 so a "
+                          "validation split is carved from train")
+    return RunData(train=train, eval=val or test, eval_split="val" if val is not None
+                   else src.test_split, test=test, test_split=src.test_split,
+                   classes=list(src.classes), mean=tuple(mean), std=tuple(std))
+
+
+def accuracy_counts(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose label is in the top-k predictions, for each k."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels.unsqueeze(1)
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Top-1 / top-5 (%) and mean CE of a classifier; leaves the model's mode as it was."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)  # n, top1 hits, top5 hits, loss sum
+    for images, labels, *_ in loader:
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        top1, top5 = accuracy_counts(logits, labels)
+        totals += torch.tensor([len(labels), top1, top5, float(loss)], dtype=torch.float64)
+    model.train(was_training)
+    n, top1, top5, loss = dist.all_reduce_sum(totals.to(device)).tolist()
+    n = max(n, 1.0)
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "n": int(n)}
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        if dist.is_main():
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains one run. ``Trainer(cfg, out).fit()`` -> the summary dict."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.progress = progress and dist.is_main()
+        self.device = resolve_device(cfg.train.device)
+        self.dtype = amp_dtype(cfg.train.amp, self.device)
+        self.resume = resume
+        self._check_run_dir()
+
+    # ---------------------------------------------------------------- setup
+    def _check_run_dir(self) -> None:
+        has_ckpt = latest_checkpoint(self.out) is not None
+        if self.resume and not has_ckpt:
+            raise CheckpointError(f"--resume: no checkpoint found in '{self.out}/checkpoints'")
+        if not self.resume and (self.out / "metrics.jsonl").exists():
+            raise ConfigError(f"run directory '{self.out}' already holds a run; pass --resume "
+                              "to continue it, or choose a new --out")
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.data = build_run_data(cfg)
+        self._prepare_tokenizer()
+        target = self._build_target()
+        # Seed right before the encoder is built: its initialisation is identical with and
+        # without MIM (the target, built above, may consume random numbers).
+        seed_everything(cfg.train.seed)
+        vit = create_vit(cfg.model, num_classes=len(self.data.classes))
+        mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
+        self.model = SupMimModel(vit, mean=self.data.mean, std=self.data.std, mim=cfg.mim,
+                                 target=target, seed=cfg.train.seed,
+                                 label_smoothing=0.0 if mixing else cfg.train.label_smoothing)
+        self.model.to(self.device)
+        self.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
+                           label_smoothing=cfg.train.label_smoothing,
+                           num_classes=len(self.data.classes)) if mixing else None
+        self.masker = build_masker(cfg.mim.masking, grid_of(vit), cfg.mim.mask_ratio) \
+            if self.model.mim is not None else None
+        self._build_loaders()
+        self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=cfg.train.lr,
+                                             weight_decay=cfg.train.weight_decay)
+        total = cfg.train.epochs * self.steps_per_epoch
+        warmup = min(int(round(cfg.train.warmup_epochs * self.steps_per_epoch)), total - 1)
+        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(total - warmup, 1),
+                                           lr_min=cfg.train.min_lr, warmup_t=warmup,
+                                           warmup_lr_init=min(1e-6, cfg.train.lr),
+                                           warmup_prefix=True, t_in_epochs=False)
+        self.ema = ModelEmaV3(self.model.encoder, decay=cfg.train.ema_decay) \
+            if cfg.train.ema else None
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.start_epoch, self.step, self.best = 0, 0, {"top1": -1.0, "epoch": -1}
+        self.timing = {"train_seconds": 0.0, "step_seconds": 0.0, "steps_timed": 0}
+
+    def _prepare_tokenizer(self) -> None:
+        """Target "vq": train a tokenizer for "auto", and keep a copy in the run directory."""
+        mim = self.cfg.mim
+        if not (mim.enabled and mim.target == "vq"):
+            return
+        local = self.out / "tokenizer"
+        if (local / "tokenizer.json").is_file():  # resuming, or already trained
+            mim.tokenizer = str(local)
+            return
+        if mim.tokenizer == "auto":
+            from supmim.tokenizer import train_tokenizer_for_run
+            if dist.is_main():
+                train_tokenizer_for_run(self.cfg, local, steps=mim.tokenizer_steps,
+                                        progress=self.progress)
+            dist.barrier()
+        elif dist.is_main():
+            src = Path(mim.tokenizer or "")
+            files = [src / "tokenizer.safetensors", src / "tokenizer.json"] if src.is_dir() \
+                else [src, src.with_name("tokenizer.json")]
+            local.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                if not f.is_file():
+                    raise ConfigError(f"mim.tokenizer: '{f}' does not exist; pass the folder "
+                                      "written by `supmim tokenizer train`")
+                shutil.copy2(f, local / f.name)
+        dist.barrier()
+        mim.tokenizer = str(local)
+
+    def _build_target(self) -> nn.Module | None:
+        mim, m = self.cfg.mim, self.cfg.model
+        if not mim.enabled:
+            return None
+        return build_target(mim.target, img_size=m.img_size, patch_size=m.patch_size,
+                            in_chans=m.in_chans, tokenizer=mim.tokenizer, norm_pix=mim.norm_pix)
+
+    def _build_loaders(self) -> None:
+        d = self.cfg.data
+        if len(self.data.train) < d.batch_size:
+            raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the "
+                              f"{len(self.data.train)} training images")
+        self.generator = torch.Generator()
+        sampler = self.make_sampler(self.data.train)
+        common: dict[str, Any] = dict(num_workers=d.num_workers,
+                                      pin_memory=self.device.type == "cuda",
+                                      persistent_workers=d.num_workers > 0)
+        # drop_last: every step sees a full batch (mixup needs an even size; step times compare)
+        self.train_loader = DataLoader(self.data.train, batch_size=d.batch_size, sampler=sampler,
+                                       drop_last=True, generator=self.generator, **common)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.cfg.train.max_steps:
+            self.steps_per_epoch = min(self.steps_per_epoch, self.cfg.train.max_steps)
+
+        def eval_loader(ds: Dataset | None) -> DataLoader | None:
+            return None if ds is None else DataLoader(ds, batch_size=d.eval_batch_size,
+                                                      shuffle=False, **common)
+        self.eval_loader = eval_loader(self.data.eval)
+        self.test_loader = eval_loader(self.data.test) \
+            if self.data.test is not self.data.eval else self.eval_loader
+
+    def make_sampler(self, dataset: Dataset) -> torch.utils.data.Sampler:
+        """The training sampler; a distributed run swaps in a sharding sampler here."""
+        return RandomSampler(dataset, generator=self.generator)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save(self, epoch: int, eval_metrics: dict[str, float]) -> None:
+        if not dist.is_main():
+            return
+        state = {"epoch": epoch + 1, "step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "best": self.best,
+                 "timing": self.timing}
+        meta = {"epoch": epoch + 1, "step": self.step, "eval": eval_metrics}
+        ema_state = self.ema.module.state_dict() if self.ema is not None else None
+        weights = self.model.trainable_state_dict()
+        save_checkpoint(epoch_folder(self.out, epoch + 1), weights, state, meta, ema_state)
+        if self.best["epoch"] == epoch + 1:
+            save_checkpoint(self.out / "checkpoints" / "best", weights, state, meta, ema_state)
+        prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
+
+    def _load(self) -> None:
+        folder = latest_checkpoint(self.out)
+        assert folder is not None
+        weights, state, ema_state = load_checkpoint(folder)
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not k.startswith("target.")]
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint '{folder}' does not match this model: missing "
+                                  f"{missing[:5]}, unexpected {unexpected[:5]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and ema_state is not None:
+            self.ema.module.load_state_dict(ema_state)
+        self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best, self.timing = dict(state["best"]), dict(state["timing"])
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        self._setup()
+        if self.resume:
+            self._load()
+        elif dist.is_main():
+            save_config(self.cfg, self.out / "config.yaml")
+            (self.out / "classes.json").write_text(json.dumps(self.data.classes))
+            stats = {"mean": list(self.data.mean), "std": list(self.data.std),
+                     "train_size": len(self.data.train), "eval_split": self.data.eval_split,
+                     "eval_size": len(self.data.eval) if self.data.eval is not None else 0,
+                     "test_split": self.data.test_split,
+                     "test_size": len(self.data.test) if self.data.test is not None else 0}
+            (self.out / "data_stats.json").write_text(json.dumps(stats, indent=2))
+        epochs = self.cfg.train.epochs
+        for epoch in range(self.start_epoch, epochs):
+            train_stats = self.train_one_epoch(epoch)
+            eval_metrics = self._evaluate_epoch()
+            if eval_metrics.get("top1", -1.0) > self.best["top1"]:
+                self.best = {"top1": eval_metrics["top1"], "epoch": epoch + 1}
+            self.metrics.write({"type": "epoch", "epoch": epoch + 1, "step": self.step,
+                                "split": self.data.eval_split, **train_stats,
+                                **{f"eval_{k}": v for k, v in eval_metrics.items()}})
+            self._save(epoch, eval_metrics)
+            if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
+                break
+        return self._finish()
+
+    def _evaluate_epoch(self) -> dict[str, float]:
+        if self.eval_loader is None:
+            return {}
+        metrics = evaluate(self.model.encoder, self.eval_loader, self.device, self.dtype)
+        if self.ema is not None:
+            ema = evaluate(self.ema.module, self.eval_loader, self.device, self.dtype)
+            metrics.update({f"ema_{k}": v for k, v in ema.items() if k != "n"})
+        return metrics
+
+    def _epoch_seed(self, epoch: int) -> int:
+        return self.cfg.train.seed * 100_003 + epoch
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training data; returns epoch means and timings."""
+        cfg = self.cfg
+        seed_everything(self._epoch_seed(epoch))
+        self.generator.manual_seed(self._epoch_seed(epoch))
+        self.model.train()
+        sums: dict[str, float] = {}
+        count, epoch_start, step_time = 0, time.perf_counter(), 0.0
+        total_steps = cfg.train.epochs * self.steps_per_epoch
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        for i, (images, labels, index) in enumerate(self.train_loader):
+            if i >= self.steps_per_epoch:
+                break
+            t0 = time.perf_counter()
+            stats = self.train_step(images, labels, index, epoch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            step_time += time.perf_counter() - t0
+            count += 1
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            elapsed = time.perf_counter() - epoch_start
+            rate = count * cfg.data.batch_size / elapsed
+            remaining = (total_steps - self.step) * elapsed / max(count, 1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", img_s=f"{rate:.0f}",
+                            eta=_fmt_seconds(remaining), refresh=False)
+            bar.update(1)
+            if self.step % cfg.train.log_every == 0:
+                self.metrics.write({"type": "train", "epoch": epoch + 1, "step": self.step,
+                                    "lr": self.optimizer.param_groups[0]["lr"],
+                                    "img_per_s": rate, **stats})
+        bar.close()
+        epoch_time = time.perf_counter() - epoch_start
+        self.timing["train_seconds"] += epoch_time
+        self.timing["step_seconds"] += step_time
+        self.timing["steps_timed"] += count
+        means = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+        return {**means, "epoch_seconds": epoch_time, "step_seconds": step_time / max(count, 1),
+                "img_per_s": count * cfg.data.batch_size / max(epoch_time, 1e-9)}
+
+    def train_step(self, images: Tensor, labels: Tensor, index: Tensor,
+                   epoch: int) -> dict[str, float]:
+        """One optimizer step; returns its scalar statistics."""
+        cfg = self.cfg
+        mask = sample_masks(self.masker, index, epoch, cfg.train.seed) \
+            if self.masker is not None else None
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if mask is not None:
+            mask = mask.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            images, labels = self.mixup(images, labels)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            out = self.model(images, labels, mask, mim_seed=self._epoch_seed(epoch) * 65_537
+                             + self.step)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {float(out.loss)}; "
+                                     "lower train.lr or enable train.clip_grad")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.train.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
+        self.optimizer.step()
+        self.step += 1
+        self.scheduler.step_update(num_updates=self.step)
+        if self.ema is not None:
+            self.ema.update(self.model.encoder, step=self.step)
+        stats = {"loss": out.loss.item(), "loss_cls": out.loss_cls.item()}
+        if out.loss_mim is not None:
+            stats["loss_mim"] = out.loss_mim.item()
+        if out.mim_acc is not None:
+            stats["mim_acc"] = float(out.mim_acc)
+        return stats
+
+    def _finish(self) -> dict[str, Any]:
+        """Final evaluation on val and test, summary.json."""
+        summary: dict[str, Any] = {
+            "steps": self.step, "seed": self.cfg.train.seed,
+            "mim": self.model.mim is not None, "mim_weight": self.model.mim_weight,
+            "target": self.cfg.mim.target if self.model.mim is not None else None,
+            "eval_split": self.data.eval_split, "best": self.best,
+            "train_seconds": self.timing["train_seconds"],
+            "mean_step_seconds": self.timing["step_seconds"] / max(self.timing["steps_timed"], 1),
+            "encoder_params": sum(p.numel() for p in self.model.encoder.parameters()),
+            "device": str(self.device), "amp": str(self.dtype) if self.dtype else "off",
+        }
+        last = latest_checkpoint(self.out)
+        summary["epochs_done"] = int(last.name.split("_")[-1]) if last else 0
+        if self.eval_loader is not None and self.data.eval_split == "val":
+            summary["val"] = evaluate(self.model.encoder, self.eval_loader, self.device,
+                                      self.dtype)
+        if self.test_loader is not None:
+            summary["test"] = evaluate(self.model.encoder, self.test_loader, self.device,
+                                       self.dtype)
+            if self.ema is not None:
+                summary["test_ema"] = evaluate(self.ema.module, self.test_loader, self.device,
+                                               self.dtype)
+        summary["test_split"] = self.data.test_split
+        if dist.is_main():
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Python API: train one run and return its summary."""
+    return Trainer(cfg, out_dir, resume=resume, progress=progress).fit()

@@ -1,0 +1,80 @@
+"""The encoder: a plain timm ``VisionTransformer``, plus a masked forward for the MIM branch.
+
+The timm model itself is what gets exported; everything MIM-specific (the [MASK] embedding,
+the decoder) lives outside it, so the exported encoder is a stock timm model.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from supmim.config import ModelConfig
+from supmim.errors import ConfigError
+
+
+def vit_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
+    """The ``timm.create_model`` keyword arguments that define the architecture."""
+    kwargs: dict = dict(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
+                        num_classes=num_classes, global_pool=cfg.global_pool)
+    for name in ("embed_dim", "depth", "num_heads"):
+        if getattr(cfg, name) is not None:
+            kwargs[name] = getattr(cfg, name)
+    return kwargs
+
+
+def create_vit(cfg: ModelConfig, num_classes: int) -> VisionTransformer:
+    """Build a randomly initialised timm ViT (never downloads weights)."""
+    if not timm.is_model(cfg.name):
+        raise ConfigError(f"model.name '{cfg.name}' is not a timm model; see "
+                          "timm.list_models('vit_*') for the ViTs")
+    not_vit = ConfigError(f"model.name '{cfg.name}' is not a timm VisionTransformer; supmim "
+                          "needs one (e.g. vit_tiny_patch16_224, vit_base_patch16_224)")
+    try:
+        model = timm.create_model(cfg.name, pretrained=False, drop_path_rate=cfg.drop_path,
+                                  **vit_kwargs(cfg, num_classes))
+    except TypeError as err:  # a non-ViT model does not take img_size / patch_size
+        raise not_vit from err
+    if not isinstance(model, VisionTransformer):
+        raise not_vit
+    if model.dynamic_img_size or not model.patch_embed.flatten:
+        raise ConfigError(f"model.name '{cfg.name}' uses dynamic image size, which the masked "
+                          "forward does not support; pick a fixed-size ViT")
+    return model
+
+
+def grid_of(vit: VisionTransformer) -> tuple[int, int]:
+    """The ``(gh, gw)`` patch grid."""
+    gh, gw = vit.patch_embed.grid_size
+    return int(gh), int(gw)
+
+
+def visible_indices(mask: Tensor) -> Tensor:
+    """``(B, N)`` bool mask (True = hidden, same count per row) -> ``(B, N_vis)`` sorted indices."""
+    batch = mask.shape[0]
+    return (~mask).nonzero(as_tuple=True)[1].view(batch, -1)
+
+
+def forward_masked(vit: VisionTransformer, images: Tensor, mask: Tensor,
+                   mask_token: Tensor | None) -> Tensor:
+    """Encode a masked image.
+
+    images: (B, C, H, W); mask: (B, N) bool, True = hidden.
+    With ``mask_token`` (1, 1, D) (BEiT-style) hidden patch embeddings are replaced by it and
+    the result is (B, P + N, D); without it (MAE-style) hidden patches are dropped after the
+    position embedding and the result is (B, P + N_vis, D), where P = prefix (CLS/reg) tokens.
+    """
+    x = vit.patch_embed(images)  # (B, N, D)
+    if mask_token is not None:
+        w = mask.unsqueeze(-1).to(x.dtype)
+        x = x * (1.0 - w) + mask_token.to(x.dtype) * w
+    x = vit._pos_embed(x)  # (B, P + N, D), prefix tokens first
+    if mask_token is None:
+        prefix = vit.num_prefix_tokens
+        idx = visible_indices(mask).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        x = torch.cat([x[:, :prefix], torch.gather(x[:, prefix:], 1, idx)], dim=1)
+    x = vit.norm_pre(x)
+    x = vit.blocks(x)
+    return vit.norm(x)

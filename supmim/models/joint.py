@@ -1,0 +1,143 @@
+"""The joint model: one module call computes the supervised and the MIM loss.
+
+    images (B,C,H,W), labels (B,) or soft (B,num_classes)
+     |- supervised: encoder(images) -> logits -> CE(labels)           (clean image)
+     |- MIM:        target(images) -> (B,N) ids | (B,N,D) values      (frozen, no grad)
+                    forward_masked(encoder, images, mask) -> decoder -> (B,N,out_dim)
+                    CE / MSE on the hidden positions only
+    loss = CE_cls + weight * loss_mim
+
+Computing both in one ``forward`` keeps DDP at one forward per backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from supmim.config import MimConfig
+from supmim.models.decoder import MimDecoder
+from supmim.models.encoder import forward_masked, grid_of
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor  # scalar, what is back-propagated
+    loss_cls: Tensor
+    logits: Tensor  # (B, num_classes)
+    loss_mim: Tensor | None = None
+    mim_acc: Tensor | None = None  # token accuracy on hidden patches (token targets only)
+
+
+class SupMimModel(nn.Module):
+    """Encoder + (optional) MIM decoder and frozen target.
+
+    ``mim=None`` or ``mim.enabled=False`` gives the plain supervised model. The MIM branch's
+    randomness (drop-path) runs on a forked RNG seeded per step, and the decoder is initialised
+    on a forked RNG too, so the supervised branch sees exactly the random numbers it would see
+    without MIM: with weight 0 the encoder trains bit-for-bit like the baseline.
+    """
+
+    def __init__(self, encoder: VisionTransformer, *, mean: Sequence[float],
+                 std: Sequence[float], mim: MimConfig | None = None,
+                 target: nn.Module | None = None, label_smoothing: float = 0.0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.label_smoothing = label_smoothing
+        chans = encoder.patch_embed.proj.in_channels
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, chans, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(1, chans, 1, 1),
+                             persistent=False)
+        self.mim = mim if mim is not None and mim.enabled else None
+        self.decoder: MimDecoder | None = None
+        self.mask_token: nn.Parameter | None = None
+        self.target = target if self.mim is not None else None
+        if self.mim is not None:
+            if target is None:
+                raise ValueError("the MIM branch needs a target module")
+            for p in target.parameters():
+                p.requires_grad_(False)
+            target.eval()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 7919)
+                self._build_mim(encoder, self.mim, int(target.out_dim))
+
+    def _build_mim(self, encoder: VisionTransformer, mim: MimConfig, out_dim: int) -> None:
+        if mim.mode == "mask_token":
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.decoder = MimDecoder(encoder.embed_dim, grid_of(encoder), encoder.num_prefix_tokens,
+                                  out_dim, dim=mim.decoder_dim, depth=mim.decoder_depth,
+                                  heads=mim.decoder_heads)
+
+    @property
+    def mim_weight(self) -> float:
+        return self.mim.weight if self.mim is not None else 0.0
+
+    def train(self, mode: bool = True) -> "SupMimModel":
+        super().train(mode)
+        if self.target is not None:
+            self.target.eval()  # frozen, always in eval mode
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the timm optimizer factory exempts from weight decay."""
+        names = {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
+        if self.decoder is not None:
+            names |= {f"decoder.{n}" for n in self.decoder.no_weight_decay()}
+        if self.mask_token is not None:
+            names.add("mask_token")
+        return names
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Weights to checkpoint: encoder, decoder and mask token, not the frozen target."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("target.")}
+
+    def unnormalize(self, images: Tensor) -> Tensor:
+        """Normalised (B,C,H,W) -> [0, 1]."""
+        return (images * self.std + self.mean).clamp(0.0, 1.0)
+
+    def forward(self, images: Tensor, labels: Tensor, mask: Tensor | None = None,
+                mim_seed: int = 0) -> StepOutput:
+        """images (B,C,H,W) normalised; labels (B,) ids or (B,K) soft; mask (B,N) bool."""
+        logits = self.encoder(images)
+        loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if self.mim is None or mask is None:
+            return StepOutput(loss=loss_cls, loss_cls=loss_cls, logits=logits)
+        devices = [images.device.index or 0] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(mim_seed)
+            loss_mim, acc = self.mim_loss(images, mask)
+        loss = loss_cls + self.mim.weight * loss_mim
+        return StepOutput(loss=loss, loss_cls=loss_cls, logits=logits, loss_mim=loss_mim,
+                          mim_acc=acc)
+
+    def mim_targets(self, images: Tensor) -> Tensor:
+        """Frozen targets in float32 outside autocast: (B,N) ids or (B,N,D) values."""
+        assert self.target is not None
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            return self.target(self.unnormalize(images.float()))
+
+    def mim_predict(self, images: Tensor, mask: Tensor) -> Tensor:
+        """(B,N,out_dim) decoder predictions for every patch of the masked image."""
+        assert self.decoder is not None
+        z = forward_masked(self.encoder, images, mask, self.mask_token)
+        return self.decoder(z, mask, dropped=self.mask_token is None)
+
+    def mim_loss(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Loss on hidden positions only, and token accuracy there (None for regression)."""
+        assert self.mim is not None and self.target is not None
+        target = self.mim_targets(images)
+        pred = self.mim_predict(images, mask)[mask].float()  # (M, out_dim), M = hidden patches
+        if self.target.kind == "tokens":
+            ids = target[mask]
+            loss = F.cross_entropy(pred, ids, label_smoothing=self.mim.label_smoothing)
+            return loss, (pred.argmax(-1) == ids).float().mean().detach()
+        return F.mse_loss(pred, target[mask].float()), None

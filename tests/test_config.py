@@ -1,0 +1,80 @@
+"""Config parsing: presets, overrides, and errors that name the key and the valid values."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supmim.config import PRESETS, all_keys, build_config, load_config, parse_override, save_config
+from supmim.errors import ConfigError
+
+
+def test_defaults_and_presets_validate():
+    build_config(overrides=["mim.target=pixel"])
+    for name in PRESETS:
+        build_config(preset=name, overrides=["mim.target=pixel"])
+
+
+def test_overrides_are_typed():
+    cfg = build_config(overrides=["train.lr=3e-4", "mim.target=hog", "data.mean=[0.5]",
+                                  "data.std=[0.25]", "train.clip_grad=null", "train.ema=true"])
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.mim.target == "hog" and cfg.data.mean == [0.5] and cfg.train.clip_grad is None
+    assert cfg.train.ema is True
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "unknown config key 'train.lrr'.*Did you mean train.lr"),
+    ("nosection.x=1", "unknown config key"),
+    ("mim.mask_ratio=1.5", "mim.mask_ratio.*(0, 1)"),
+    ("mim.mask_ratio=0", "mim.mask_ratio"),
+    ("mim.target=depth", "mim.target.*vq, pixel, hog"),
+    ("model.global_pool=max", "model.global_pool.*token, avg"),
+    ("model.patch_size=5", "model.patch_size.*must divide"),
+    ("train.epochs=two", "train.epochs.*integer"),
+    ("train.ema=maybe", "train.ema.*true or false"),
+    ("mim.decoder_depth=0", "mim.decoder_depth.*mask_token"),
+    ("data.std=[0.1, 0.0, 0.2]", "data.std"),
+    ("train.lr", "key=value"),
+])
+def test_bad_values_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=["mim.target=pixel", override])
+
+
+def test_vq_without_tokenizer_says_how_to_get_one():
+    with pytest.raises(ConfigError, match="supmim tokenizer train"):
+        build_config()
+    assert build_config(overrides=["mim.enabled=false"]).mim.enabled is False
+
+
+def test_unknown_preset_and_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset.*cifar10"):
+        build_config(preset="imagenet-9000")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"trian": {"lr": 1}}))
+    with pytest.raises(ConfigError, match="unknown config section 'trian'"):
+        build_config(file=bad)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    cfg = build_config(preset="cifar10", overrides=["mim.target=pixel", "train.seed=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@given(st.sampled_from(all_keys()), st.one_of(st.integers(), st.floats(allow_nan=False),
+                                               st.text(max_size=8), st.booleans(), st.none()))
+def test_any_override_either_applies_or_raises_config_error(key, value):
+    try:
+        build_config(overrides=["mim.target=pixel", f"{key}={yaml.safe_dump(value).split(chr(10))[0]}"])
+    except ConfigError:
+        pass
+
+
+def test_parse_override_numbers():
+    assert parse_override("train.lr=1e-3") == ("train.lr", 1e-3)
+    assert parse_override("train.epochs=3") == ("train.epochs", 3)
+    assert parse_override("mim.tokenizer=runs/tok") == ("mim.tokenizer", "runs/tok")

@@ -1,0 +1,162 @@
+"""The joint model: masked forward, loss on hidden patches only, gradients from both losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from supmim.config import MimConfig, ModelConfig
+from supmim.masking import RandomMasking, sample_masks
+from supmim.models import SupMimModel, create_vit, forward_masked
+from supmim.targets import build_target
+
+MODEL = ModelConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
+                    drop_path=0.0)
+
+
+def make_model(mode: str = "drop", target: str = "pixel", pool: str = "avg",
+               depth: int = 1) -> SupMimModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**MODEL.__dict__, "global_pool": pool})
+    mim = MimConfig(target=target, mode=mode, decoder_dim=32, decoder_heads=2,
+                    decoder_depth=depth, mask_ratio=0.5)
+    tgt = build_target(target, img_size=16, patch_size=4, in_chans=3)
+    return SupMimModel(create_vit(cfg, num_classes=5), mean=[0.5] * 3, std=[0.25] * 3,
+                       mim=mim, target=tgt).eval()
+
+
+def batch(n: int = 4):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(n, 3, 16, 16, generator=g)
+    labels = torch.randint(0, 5, (n,), generator=g)
+    mask = sample_masks(RandomMasking((4, 4), 0.5), range(n), epoch=0, seed=0)
+    return images, labels, mask
+
+
+def _patchwise(mask: torch.Tensor, patch: int = 4, grid: int = 4) -> torch.Tensor:
+    """(B, N) patch mask -> (B, 1, H, W) pixel mask."""
+    m = mask.view(-1, 1, grid, grid).float()
+    return m.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+def test_hidden_patches_never_reach_the_mim_prediction(mode):
+    model = make_model(mode)
+    images, _, mask = batch()
+    noise = torch.randn_like(images) * _patchwise(mask)  # changes hidden patches only
+    with torch.no_grad():
+        a = model.mim_predict(images, mask)
+        b = model.mim_predict(images + noise, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():  # ...while visible patches do matter
+        c = model.mim_predict(images + torch.randn_like(images) * (1 - _patchwise(mask)), mask)
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_drop_mode_encodes_only_visible_tokens():
+    model = make_model("drop")
+    images, _, mask = batch()
+    z = forward_masked(model.encoder, images, mask, None)
+    assert z.shape == (4, 1 + 8, 32)  # CLS + 8 of 16 patches visible
+    z = forward_masked(model.encoder, images, mask, model.encoder.cls_token)  # any (1,1,D)
+    assert z.shape == (4, 1 + 16, 32)
+
+
+@pytest.mark.parametrize("target", ["pixel", "hog"])
+def test_mim_loss_only_counts_hidden_positions(target, monkeypatch):
+    model = make_model(target=target)
+    images, _, mask = batch()
+    with torch.no_grad():
+        real = model.mim_targets(images)
+        base, _ = model.mim_loss(images, mask)
+        changed = real.clone()
+        changed[~mask] += 100.0  # visible positions: must not matter
+        monkeypatch.setattr(model, "mim_targets", lambda _: changed)
+        same, _ = model.mim_loss(images, mask)
+        changed2 = real.clone()
+        changed2[mask] += 1.0  # hidden positions: must matter
+        monkeypatch.setattr(model, "mim_targets", lambda _: changed2)
+        other, _ = model.mim_loss(images, mask)
+    assert torch.allclose(base, same)
+    assert not torch.allclose(base, other)
+
+
+def test_token_loss_equals_cross_entropy_over_hidden_positions(monkeypatch):
+    model = make_model()
+    # A token target: replace the pixel target by fixed ids and a matching head size.
+    from supmim.models.decoder import MimDecoder
+    model.decoder = MimDecoder(32, (4, 4), 1, out_dim=11, dim=32, depth=1, heads=2)
+    model.target.kind, model.target.out_dim = "tokens", 11
+    images, _, mask = batch()
+    ids = torch.randint(0, 11, (4, 16))
+    monkeypatch.setattr(model, "mim_targets", lambda _: ids)
+    with torch.no_grad():
+        loss, acc = model.mim_loss(images, mask)
+        logits = model.mim_predict(images, mask)
+    ref = torch.nn.functional.cross_entropy(logits[mask], ids[mask])
+    assert torch.allclose(loss, ref)
+    assert acc == pytest.approx(float((logits[mask].argmax(-1) == ids[mask]).float().mean()))
+
+
+def test_both_losses_reach_the_encoder():
+    model = make_model().train()
+    images, labels, mask = batch()
+    out = model(images, labels, mask)
+    out.loss_cls.backward(retain_graph=True)
+    assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+    model.zero_grad(set_to_none=True)
+    out.loss_mim.backward()
+    assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.decoder.head.weight.grad.abs().sum() > 0
+    assert model.encoder.head.weight.grad is None  # the MIM loss never touches the classifier
+    assert not any(p.requires_grad for p in model.target.parameters())
+
+
+def test_weight_scales_the_mim_term():
+    model = make_model().train()
+    images, labels, mask = batch()
+    model.mim.weight = 0.3
+    out = model(images, labels, mask)
+    assert torch.allclose(out.loss, out.loss_cls + 0.3 * out.loss_mim)
+
+
+def test_decoder_depth_zero_is_a_linear_head_in_mask_token_mode():
+    model = make_model(mode="mask_token", depth=0)
+    assert len(model.decoder.blocks) == 0
+    images, _, mask = batch()
+    assert model.mim_predict(images, mask).shape == (4, 16, 48)
+
+
+def test_mim_branch_does_not_disturb_the_supervised_rng():
+    """With drop-path on, the supervised logits are identical with and without MIM."""
+    cfg = ModelConfig(**{**MODEL.__dict__, "drop_path": 0.3})
+    tgt = build_target("pixel", img_size=16, patch_size=4, in_chans=3)
+    images, labels, mask = batch()
+    losses = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = SupMimModel(create_vit(cfg, 5), mean=[0.5] * 3, std=[0.25] * 3,
+                            mim=MimConfig(target="pixel", enabled=enabled, decoder_dim=32,
+                                          decoder_heads=2), target=tgt).train()
+        torch.manual_seed(123)
+        first = model(images, labels, mask).loss_cls
+        second = model(images, labels, mask).loss_cls  # RNG after one step must match too
+        losses.append((first.item(), second.item()))
+    assert losses[0] == losses[1]
+
+
+def test_gap_and_cls_pooling_both_work():
+    for pool in ("token", "avg"):
+        model = make_model(pool=pool)
+        images, labels, mask = batch()
+        assert model(images, labels, mask).logits.shape == (4, 5)
+
+
+def test_non_vit_model_is_refused():
+    from supmim.errors import ConfigError
+    with pytest.raises(ConfigError, match="not a timm VisionTransformer"):
+        create_vit(ModelConfig(name="resnet18", img_size=32, patch_size=4), 10)
+    with pytest.raises(ConfigError, match="not a timm model"):
+        create_vit(ModelConfig(name="vit_nonexistent_model"), 10)
