@@ -51,7 +51,7 @@ class MimConfig:
     decoder_heads: int = 4
     label_smoothing: float = 0.0  # on the token cross-entropy
     norm_pix: bool = True  # pixel target: normalise each patch by its mean and std (MAE)
-    tokenizer_steps: int = 1500  # steps when tokenizer is "auto"
+    tokenizer_steps: int = 4000  # steps (batch 32) when tokenizer is "auto"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from supmim.engine.checkpoint import atomic_write_text
 from supmim.errors import DataError
 from supmim.tokenizer import train_tokenizer_for_run
 
-DEMO_TOKENIZER_STEPS = {"fashion-mnist": 600, "digits": 400}
+DEMO_TOKENIZER_STEPS = {"fashion-mnist": 1500, "digits": 1000}  # batch 32
 
 
 def pick_dataset() -> str:

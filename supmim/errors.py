@@ -15,3 +15,7 @@ class DataError(SupmimError, ValueError):
 
 class CheckpointError(SupmimError, ValueError):
     """A checkpoint or exported model that cannot be loaded safely."""
+
+
+class TrainingError(SupmimError, RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last checkpoint is intact."""

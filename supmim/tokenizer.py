@@ -56,9 +56,9 @@ def tokenizer_datasets(cfg: RunConfig, size: int) -> tuple[ImageDataset, ImageDa
     return train, val
 
 
-def train_tokenizer_for_run(cfg: RunConfig, out_dir: str | Path, *, steps: int = 1500,
+def train_tokenizer_for_run(cfg: RunConfig, out_dir: str | Path, *, steps: int = 4000,
                             factor: int | None = None, codebook_size: int = 512,
-                            batch_size: int = 128, progress: bool = True,
+                            batch_size: int = 32, progress: bool = True,
                             **model_overrides: Any) -> dict[str, Any]:
     """Train a VQ tokenizer on a run's training images; returns its validation summary."""
     factor, size = grid_plan(cfg, factor)

@@ -40,7 +40,7 @@ from supmim.data import (ImageDataset, build_eval_transform, build_train_transfo
 from supmim.engine import dist
 from supmim.engine.checkpoint import (atomic_write_text, epoch_folder, latest_checkpoint,
                                       load_checkpoint, prune_checkpoints, save_checkpoint)
-from supmim.errors import CheckpointError, ConfigError
+from supmim.errors import CheckpointError, ConfigError, TrainingError
 from supmim.masking import build_masker, sample_masks
 from supmim.models import SupMimModel, create_vit, grid_of
 from supmim.targets import build_target
@@ -291,7 +291,7 @@ class Trainer:
         if not dist.is_main():
             return
         state = {"epoch": epoch + 1, "step": self.step, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "best": self.best,
+                 "best": self.best,
                  "timing": self.timing}
         meta = {"epoch": epoch + 1, "step": self.step, "eval": eval_metrics}
         ema_state = self.ema.module.state_dict() if self.ema is not None else None
@@ -311,7 +311,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint '{folder}' does not match this model: missing "
                                   f"{missing[:5]}, unexpected {unexpected[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # The schedule is a pure function of the step (so --epochs can be extended on resume).
+        self.scheduler.step_update(num_updates=int(state["step"]))
         if self.ema is not None and ema_state is not None:
             self.ema.module.load_state_dict(ema_state)
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -415,8 +416,9 @@ class Trainer:
             out = self.model(images, labels, mask, mim_seed=self._epoch_seed(epoch) * 65_537
                              + self.step)
         if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {float(out.loss)}; "
-                                     "lower train.lr or enable train.clip_grad")
+            raise TrainingError(f"non-finite loss at step {self.step} ({out.loss.item()}); the "
+                                f"last epoch checkpoint in '{self.out}/checkpoints' is intact. "
+                                "Lower train.lr or enable train.clip_grad, then --resume")
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.train.clip_grad:

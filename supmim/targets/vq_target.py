@@ -1,0 +1,67 @@
+"""The paper's MIM target: token ids of a frozen VQ tokenizer, one per ViT patch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from supmim.errors import ConfigError
+from supmim.targets.base import MimTarget
+from supmim.targets.vq import VQTokenizer
+
+# Largest resize between the ViT's images and the tokenizer's input (either way) we accept:
+# beyond it each token would describe a patch at a wildly different scale than it was trained on.
+MAX_SCALE = 8.0
+
+
+class VQTarget(MimTarget):
+    """Token ids (B, N) int64 in [0, codebook_size) from a frozen :class:`VQTokenizer`.
+
+    The tokenizer downsamples by ``factor`` and the ViT by ``patch_size``, so images are
+    resized (bilinear, antialiased) to ``grid * factor`` pixels first: then the tokenizer's
+    (gh, gw) token grid is the ViT's patch grid and token k belongs to patch k.
+    """
+
+    kind = "tokens"
+
+    def __init__(self, tokenizer: VQTokenizer, *, img_size: int | tuple[int, int], patch_size: int,
+                 in_chans: int = 3) -> None:
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans)
+        if tokenizer.in_chans != in_chans:
+            raise ConfigError(
+                f"the tokenizer takes {tokenizer.in_chans}-channel images but the model has "
+                f"in_chans={in_chans}: train a tokenizer on the same images")
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.out_dim = tokenizer.codebook_size
+        gh, gw = self.grid
+        self.tokenizer_size = (gh * tokenizer.factor, gw * tokenizer.factor)
+        scale = tokenizer.factor / patch_size
+        if not 1.0 / MAX_SCALE <= scale <= MAX_SCALE:
+            raise ConfigError(
+                f"images of {self.img_size[0]}x{self.img_size[1]} px would be resized to "
+                f"{self.tokenizer_size[0]}x{self.tokenizer_size[1]} px to give the tokenizer "
+                f"(factor {tokenizer.factor}) the {gh}x{gw} patch grid: more than {MAX_SCALE:g}x "
+                f"apart; use a tokenizer whose factor is nearer the patch size {patch_size}")
+
+    def extra_repr(self) -> str:
+        return (f"grid={self.grid}, patch_size={self.patch_size}, "
+                f"tokenizer_size={self.tokenizer_size}, codebook={self.out_dim}")
+
+    def _resize(self, images: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(images.shape[-2:]) == size:
+            return images
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                             antialias=True).clamp(0.0, 1.0)
+
+    def compute(self, images: Tensor) -> Tensor:
+        ids = self.tokenizer.encode(self._resize(images, self.tokenizer_size))  # (B, gh, gw)
+        return ids.flatten(1)  # row-major, the ViT's patch order
+
+    def decode(self, pred: Tensor, *, reference: Tensor | None = None) -> Tensor | None:
+        """pred (B, N) ids or (B, N, codebook_size) logits -> (B, C, H, W) in [0, 1], the
+        tokenizer's reconstruction resized back to the ViT's image size."""
+        with torch.no_grad():
+            ids = pred.argmax(-1) if pred.ndim == 3 else pred
+            ids = ids.long().reshape(-1, *self.grid)
+            return self._resize(self.tokenizer.decode(ids).float(), self.img_size)

@@ -1,0 +1,79 @@
+"""The command line: errors name the problem before any work; commands run end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supmim.cli import main
+from tests._fixtures import make_image_folder
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "supmim.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["--set", "mim.mask_ratio=1.2"], "mim.mask_ratio"),
+    (["--target", "vq"], "supmim tokenizer train"),
+    (["--set", "model.patch_size=5"], "must divide model.img_size"),
+])
+def test_bad_config_fails_before_training(tmp_path, capsys, args, message):
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                 "--preset", "tiny-test", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_unknown_data_lists_accepted_forms(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"),
+                 "--preset", "tiny-test", "--target", "pixel"])
+    err = capsys.readouterr().err
+    assert code == 2 and "fashion-mnist" in err and "cifar10" in err and ".tar" in err
+
+
+def test_invalid_choice_is_reported_by_argparse():
+    proc = run_cli("train", "--data", "x", "--out", "y", "--target", "depth")
+    assert proc.returncode == 2 and "invalid choice: 'depth'" in proc.stderr
+    assert "vq" in proc.stderr and "pixel" in proc.stderr
+
+
+def test_config_command_prints_resolved_config(capsys):
+    assert main(["config", "--preset", "cifar10", "--target", "hog", "--set", "train.lr=5e-4"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["mim"]["target"] == "hog" and cfg["train"]["lr"] == 5e-4
+    assert cfg["model"]["embed_dim"] == 192
+
+
+@pytest.mark.slow
+def test_train_resume_export_compare_through_the_cli(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    common = ["--data", str(data), "--preset", "tiny-test", "--set", "data.val_fraction=0",
+              "--set", "data.batch_size=8"]
+    run = tmp_path / "run"
+    proc = run_cli("train", *common, "--target", "hog", "--out", str(run), "--epochs", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "test top-1" in proc.stdout
+    proc = run_cli("train", "--out", str(run), "--epochs", "2", "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["type"] == "epoch"]
+    assert epochs == [1, 2]
+    proc = run_cli("export", str(run), "--out", str(tmp_path / "exp"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "exp" / "model.safetensors").is_file()
+    proc = run_cli("compare", *common, "--target", "pixel", "--out", str(tmp_path / "cmp"),
+                   "--epochs", "1", "--seeds", "0", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert {r["arm"] for r in result["runs"]} == {"baseline", "mim"} and len(result["runs"]) == 4
+    assert result["step_time_ratio_mim_over_baseline"] > 1.0
+    assert (tmp_path / "cmp" / "compare_curves.png").stat().st_size > 1000
+    assert "| baseline | 0, 1 |" in (tmp_path / "cmp" / "compare.md").read_text()
