@@ -77,3 +77,10 @@ def test_train_resume_export_compare_through_the_cli(tmp_path):
     assert result["step_time_ratio_mim_over_baseline"] > 1.0
     assert (tmp_path / "cmp" / "compare_curves.png").stat().st_size > 1000
     assert "| baseline | 0, 1 |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_missing_tokenizer_path_fails_before_anything_is_written(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                 "--preset", "tiny-test", "--tokenizer", str(tmp_path / "no_tok")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

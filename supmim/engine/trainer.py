@@ -184,6 +184,12 @@ class Trainer:
         if not self.resume and (self.out / "metrics.jsonl").exists():
             raise ConfigError(f"run directory '{self.out}' already holds a run; pass --resume "
                               "to continue it, or choose a new --out")
+        mim = self.cfg.mim
+        if mim.enabled and mim.target == "vq" and mim.tokenizer not in (None, "auto") \
+                and not self.resume and not Path(mim.tokenizer).exists():
+            raise ConfigError(f"mim.tokenizer '{mim.tokenizer}' does not exist; train one with "
+                              "`supmim tokenizer train --data D --out TOK`, or pass --tokenizer "
+                              "auto")
 
     def _setup(self) -> None:
         cfg = self.cfg
