@@ -89,9 +89,8 @@ def _print_result(out: str, summary: dict[str, Any]) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from supmim.compare import compare
     cfg = _config_from(args)
-    result = compare(cfg, args.out, args.seeds, progress=not args.quiet)
+    compare(cfg, args.out, args.seeds, progress=not args.quiet)
     print(Path(args.out, "compare.md").read_text())
-    del result
     return 0
 
 

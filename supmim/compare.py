@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ def run_arm(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
         return json.loads((run_dir / "summary.json").read_text())
     resume = latest_checkpoint(run_dir) is not None
     if not resume and run_dir.exists():  # started but never finished an epoch: start over
-        import shutil
         shutil.rmtree(run_dir)
     return train(cfg, run_dir, resume=resume, progress=progress)
 

@@ -84,3 +84,23 @@ def test_missing_tokenizer_path_fails_before_anything_is_written(tmp_path, capsy
                  "--preset", "tiny-test", "--tokenizer", str(tmp_path / "no_tok")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_tokenizer_train_then_vq_training_through_the_cli(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    common = ["--data", str(data), "--preset", "tiny-test", "--set", "data.val_fraction=0"]
+    tok = tmp_path / "tok"
+    proc = run_cli("tokenizer", "train", *common, "--out", str(tok), "--steps", "30", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "PSNR" in proc.stdout and "codebook usage" in proc.stdout
+    assert (tok / "tokenizer.safetensors").is_file() and (tok / "recon.png").is_file()
+    info = json.loads((tok / "tokenizer.json").read_text())
+    assert info["config"]["factor"] == 4  # = the tiny-test patch size: token grid = patch grid
+    run = tmp_path / "run"
+    proc = run_cli("train", *common, "--set", "data.batch_size=8", "--tokenizer", str(tok),
+                   "--out", str(run), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["mim_acc"] <= 1.0 for r in lines if r["type"] == "train")
+    assert (run / "tokenizer" / "tokenizer.safetensors").is_file()  # the run is self-contained
