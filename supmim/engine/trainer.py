@@ -227,6 +227,7 @@ class Trainer:
             if cfg.train.ema else None
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
         self.start_epoch, self.step, self.best = 0, 0, {"top1": -1.0, "epoch": -1}
+        self.last_eval: dict[str, float] | None = None  # the final model's eval-split metrics
         self.timing = {"train_seconds": 0.0, "step_seconds": 0.0, "steps_timed": 0}
 
     def _prepare_tokenizer(self) -> None:
@@ -342,6 +343,7 @@ class Trainer:
         for epoch in range(self.start_epoch, epochs):
             train_stats = self.train_one_epoch(epoch)
             eval_metrics = self._evaluate_epoch()
+            self.last_eval = {k: v for k, v in eval_metrics.items() if not k.startswith("ema_")}
             if eval_metrics.get("top1", -1.0) > self.best["top1"]:
                 self.best = {"top1": eval_metrics["top1"], "epoch": epoch + 1}
             self.metrics.write({"type": "epoch", "epoch": epoch + 1, "step": self.step,
@@ -441,6 +443,12 @@ class Trainer:
             stats["mim_acc"] = float(out.mim_acc)
         return stats
 
+    def _final_eval(self, loader: DataLoader) -> dict[str, float]:
+        """The final model on ``loader``; the last epoch's numbers when it was the eval split."""
+        if loader is self.eval_loader and self.last_eval:
+            return dict(self.last_eval)
+        return evaluate(self.model.encoder, loader, self.device, self.dtype)
+
     def _finish(self) -> dict[str, Any]:
         """Final evaluation on val and test, summary.json."""
         summary: dict[str, Any] = {
@@ -456,11 +464,9 @@ class Trainer:
         last = latest_checkpoint(self.out)
         summary["epochs_done"] = int(last.name.split("_")[-1]) if last else 0
         if self.eval_loader is not None and self.data.eval_split == "val":
-            summary["val"] = evaluate(self.model.encoder, self.eval_loader, self.device,
-                                      self.dtype)
+            summary["val"] = self._final_eval(self.eval_loader)
         if self.test_loader is not None:
-            summary["test"] = evaluate(self.model.encoder, self.test_loader, self.device,
-                                       self.dtype)
+            summary["test"] = self._final_eval(self.test_loader)
             if self.ema is not None:
                 summary["test_ema"] = evaluate(self.ema.module, self.test_loader, self.device,
                                                self.dtype)
