@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--save", help="write the resolved config to this YAML file")
     p.set_defaults(func=cmd_config)
+
+    # commands that live beside what they do
+    from supmim.evaluation.cli import register as register_eval
+    from supmim.visualize import register as register_visualize
+    register_eval(sub)
+    register_visualize(sub)
     return parser
 
 
