@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from supmim.config import PRESETS, build_config, save_config
-from supmim.errors import SupmimError
+from supmim.errors import Interrupted, SupmimError
 
 
 def _add_config_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
@@ -69,13 +69,20 @@ def _resume_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from supmim.engine.trainer import train
-    if args.resume:
+    from supmim.engine.checkpoint import latest_checkpoint
+    resume: bool | str = args.resume == "yes"
+    if args.resume == "auto" and latest_checkpoint(Path(args.out)) is not None:
+        resume = True
+    elif args.resume == "auto":
+        resume = "auto"  # nothing to resume: a new run (clearing a pre-checkpoint crash's log)
+    if resume is True:
         cfg = _resume_config(args)
     else:
         if args.data is None:
-            raise SupmimError("--data is required (except with --resume)")
+            raise SupmimError("--data is required (except when resuming a run that has a "
+                              "checkpoint)")
         cfg = _config_from(args)
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    summary = train(cfg, args.out, resume=resume, progress=not args.quiet)
     _print_result(args.out, summary)
     return 0
 
@@ -98,11 +105,47 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from supmim.tokenizer import train_tokenizer_for_run
     args.tokenizer, args.target = None, "pixel"  # the run config's MIM target is irrelevant here
     cfg = _config_from(args)
+    overrides = {k: v for k, v in (("lr", args.lr), ("disc_weight", args.disc_weight),
+                                   ("disc_start", args.disc_start),
+                                   ("log_every", args.log_every)) if v is not None}
     summary = train_tokenizer_for_run(cfg, args.out, steps=args.steps, factor=args.factor,
                                       codebook_size=args.codebook_size,
-                                      progress=not args.quiet)
+                                      batch_size=args.batch_size, progress=not args.quiet,
+                                      train_overrides=overrides)
     print(f"tokenizer {args.out}: PSNR {summary['psnr']:.2f} dB, codebook usage "
-          f"{summary['usage']:.1f}%, perplexity {summary['perplexity']:.1f}")
+          f"{summary['usage']:.1f}%, perplexity {summary['perplexity']:.1f} "
+          f"({summary['seconds']:.0f} s; {Path(args.out, 'summary.json')})")
+    return 0
+
+
+# = supmim.targets.vqgan_import.FORMATS, spelled out so `supmim --help` does not import torch
+IMPORT_FORMATS = ("maskgit-bin", "mage-ckpt", "maskgit-flax", "taming-ckpt")
+
+
+def cmd_tokenizer_import(args: argparse.Namespace) -> int:
+    from supmim.targets.vqgan_import import import_tokenizer
+    tok = import_tokenizer(args.src, args.format, args.out, sha256=args.sha256,
+                           img_size=args.img_size)
+    c = tok.config
+    verified = "verified" if args.sha256 else "not verified: pass --sha256 to check it"
+    print(f"imported {args.src} ({args.format}) -> {args.out}: {tok.kind}, f{tok.factor}, "
+          f"{tok.codebook_size} codes x {c.embed_dim}, channels {c.ch} x {c.ch_mult}, input "
+          f"range {list(tok.input_range)}; sha256 {tok.metadata['source_sha256']} ({verified})")
+    return 0
+
+
+def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
+    from supmim.tokenizer import evaluate_tokenizer_for_run, write_json
+    args.tokenizer, args.target = None, "pixel"
+    cfg = _config_from(args)
+    result = evaluate_tokenizer_for_run(cfg, args.tok, split=args.split,
+                                        max_batches=args.max_batches)
+    result["tokenizer"] = str(args.tok)
+    print(f"tokenizer {args.tok} on {result['images']} {args.split} images at "
+          f"{result['image_size']} px: PSNR {result['psnr']:.2f} dB, codebook usage "
+          f"{result['usage']:.1f}%, perplexity {result['perplexity']:.1f}")
+    if args.json:
+        write_json(args.json, result)
     return 0
 
 
@@ -137,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-mim", action="store_true", help="supervised baseline (no MIM branch)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out with its own config.yaml (--epochs and "
-                        "--set still apply)")
+    p.add_argument("--resume", nargs="?", const="yes", choices=("yes", "auto"),
+                   help="continue the run in --out from its latest checkpoint, with its own "
+                        "config.yaml (--epochs and --set still apply); 'auto': continue if "
+                        "there is a checkpoint, else start a new run from --data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -150,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("tokenizer", help="VQ tokenizer commands")
+    p = sub.add_parser("tokenizer", help="VQ tokenizer commands: train, import, eval")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="train a VQ tokenizer whose grid matches the ViT's")
     _add_config_args(t)
@@ -160,9 +204,38 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--factor", type=int, choices=(2, 4, 8, 16),
                    help="downsampling factor (default: from the preset's patch size)")
     t.add_argument("--codebook-size", type=int, default=512)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
+    t.add_argument("--disc-weight", type=float,
+                   help="add a patch discriminator (hinge loss) with this generator weight, "
+                        "e.g. 0.1 (default: off)")
+    t.add_argument("--disc-start", type=int, help="step at which the discriminator starts")
+    t.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines (100)")
     t.add_argument("--seed", type=int)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_tokenizer_train)
+
+    t = tsub.add_parser("import", help="import a public VQGAN checkpoint (MaskGIT, MAGE, "
+                                       "taming) as a supmim tokenizer folder")
+    t.add_argument("src", help="the checkpoint file (see docs/tokenizers.md for where to get it)")
+    t.add_argument("--format", required=True, choices=IMPORT_FORMATS,
+                   help="maskgit-bin: open-muse/TiTok PyTorch port (.bin); mage-ckpt: MAGE's "
+                        "vqgan .ckpt; maskgit-flax: MaskGIT's Flax msgpack; taming-ckpt: "
+                        "taming-transformers Lightning .ckpt")
+    t.add_argument("--out", required=True, help="tokenizer folder to write")
+    t.add_argument("--sha256", help="expected sha256 of SRC; a mismatch is refused")
+    t.add_argument("--img-size", type=int, default=256,
+                   help="resolution the tokenizer was trained at (recorded only)")
+    t.set_defaults(func=cmd_tokenizer_import)
+
+    t = tsub.add_parser("eval", help="PSNR, codebook usage and perplexity of a tokenizer on a "
+                                     "dataset, at the size the MIM target feeds it")
+    t.add_argument("tok", help="tokenizer folder (trained or imported)")
+    _add_config_args(t)
+    t.add_argument("--split", choices=("val", "test", "train"), default="val")
+    t.add_argument("--max-batches", type=int, help="evaluate only this many batches of 64")
+    t.add_argument("--json", help="also write the numbers to this JSON file")
+    t.set_defaults(func=cmd_tokenizer_eval)
 
     p = sub.add_parser("export", help="export a run's encoder as a timm model folder")
     p.add_argument("run", help="run directory")
@@ -196,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except Interrupted as err:
+        print(f"supmim: {err}", file=sys.stderr)
+        return 128 + err.signum
     except SupmimError as err:
         print(f"supmim: error: {err}", file=sys.stderr)
         return 2

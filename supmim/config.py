@@ -76,6 +76,7 @@ class DataConfig:
     interpolation: str = "bicubic"
     mean: list[float] | None = None  # None = the dataset's own statistics
     std: list[float] | None = None
+    max_bad_fraction: float = 0.01  # unreadable files are skipped; abort past this share
 
 
 @dataclass
@@ -99,7 +100,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 50  # steps between metrics.jsonl lines
     max_steps: int = 0  # stop after this many optimizer steps (smoke tests); 0 = no limit
-    keep_checkpoints: int = 2  # how many epoch checkpoints to keep besides "best"
+    keep_checkpoints: int = 2  # how many recent checkpoints (epoch or step) to keep besides "best"
+    checkpoint_every: int = 500  # also checkpoint every N optimizer steps mid-epoch; 0 = epochs only
+    max_bad_steps: int = 5  # non-finite loss/gradient steps are skipped; stop after N in a row
 
 
 @dataclass
@@ -381,6 +384,10 @@ def validate(cfg: RunConfig) -> None:
     _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = no limit)")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     _check(t.threads >= 0, "train.threads", "must be >= 0")
+    _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = per epoch only)")
+    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(0.0 <= d.max_bad_fraction < 1.0, "data.max_bad_fraction",
+           "must be in [0, 1) (0 = stop at the first unreadable file)")
     if k.enabled and k.target == "vq":
         _check(k.tokenizer is not None, "mim.tokenizer",
                "is required for mim.target=vq: train one with `supmim tokenizer train --data D "

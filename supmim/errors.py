@@ -19,3 +19,11 @@ class CheckpointError(SupmimError, ValueError):
 
 class TrainingError(SupmimError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last checkpoint is intact."""
+
+
+class Interrupted(SupmimError):
+    """Training stopped by SIGTERM / SIGINT after writing a checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

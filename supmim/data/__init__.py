@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from supmim.data.datasets import ImageDataset
+from supmim.data.datasets import ImageDataset, read_bad_log
+from supmim.data.sampling import EpochSampler, mix_seed, seed_all
 from supmim.data.sources import (
     ACCEPTED_FORMS,
     ArrayDataset,
@@ -20,12 +21,16 @@ __all__ = [
     "ACCEPTED_FORMS",
     "ArrayDataset",
     "DataSource",
+    "EpochSampler",
     "FolderDataset",
     "ImageDataset",
     "build_eval_transform",
     "build_train_transform",
     "channel_stats",
     "labels_of",
+    "mix_seed",
+    "read_bad_log",
+    "seed_all",
     "read_idx",
     "resolve_data",
     "stratified_split",

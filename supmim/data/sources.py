@@ -133,8 +133,9 @@ class FolderDataset(Dataset):
             with open(path, "rb") as f:
                 img = Image.open(f)
                 img.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {path}: {e}; replace or remove the file") from e
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for malformed files
+            raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}; replace or "
+                            "remove the file") from e
         return img, int(self.labels[i])
 
 

@@ -4,20 +4,27 @@ The run directory it leaves behind:
     config.yaml      the fully resolved configuration
     metrics.jsonl    one JSON object per logged step ("train") and per epoch ("epoch")
     summary.json     final metrics (val and test top-1 / top-5, timings)
-    checkpoints/     epoch_NNNN/ (the latest ones) and best/, each resumable
+    checkpoints/     epoch_NNNN/ and step_NNNNNNNN/ (the latest ones) and best/, each resumable
     tokenizer/       a copy of the VQ tokenizer used (target "vq"), so the run is self-contained
+    bad_files.txt    unreadable images that were skipped (only when there were any)
 
-Randomness is derived, not carried: every epoch re-seeds the global RNGs and the data loader's
-generator from ``(seed, epoch)``, and masks come from ``(seed, epoch, sample index)``; resuming
-at an epoch boundary therefore replays exactly what an uninterrupted run would do.
+Randomness is derived, not carried: the data order comes from ``(seed, epoch)``, each sample's
+augmentation from ``(seed, epoch, position)``, each step's dropout / drop-path / mixup from
+``(seed, step)`` and masks from ``(seed, epoch, sample index)``; resuming from any checkpoint
+(epoch or mid-epoch step) therefore replays exactly what an uninterrupted run would do.
+
+Nothing is lost to a crash: checkpoints are atomic, SIGTERM / Ctrl-C save one before exiting,
+unreadable images are skipped and counted, and non-finite steps are skipped (up to
+``train.max_bad_steps`` in a row).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,22 +37,25 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from supmim.config import RunConfig, save_config
-from supmim.data import (ImageDataset, build_eval_transform, build_train_transform,
-                         channel_stats, labels_of, resolve_data, stratified_split,
+from supmim.data import (EpochSampler, ImageDataset, build_eval_transform,
+                         build_train_transform, channel_stats, labels_of, mix_seed,
+                         read_bad_log, resolve_data, seed_all, stratified_split,
                          stratified_subset)
 from supmim.engine import dist
 from supmim.engine.checkpoint import (atomic_write_text, epoch_folder, latest_checkpoint,
-                                      load_checkpoint, prune_checkpoints, save_checkpoint)
-from supmim.errors import CheckpointError, ConfigError, TrainingError
+                                      load_checkpoint, prune_checkpoints, save_checkpoint,
+                                      step_folder)
+from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from supmim.masking import build_masker, sample_masks
 from supmim.models import SupMimModel, create_vit, grid_of
 from supmim.targets import build_target
 
 SPLIT_SEED = 0  # the train/val split and training subset are the same for every training seed
+BAD_FILES = "bad_files.txt"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,8 +106,12 @@ def split_indices(cfg: RunConfig, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return train_idx, val_idx
 
 
-def build_run_data(cfg: RunConfig) -> RunData:
-    """Resolve ``--data``, carve the validation split, apply the training subset."""
+def build_run_data(cfg: RunConfig, bad_log: Path | None = None) -> RunData:
+    """Resolve ``--data``, carve the validation split, apply the training subset.
+
+    Unreadable images are replaced by the next readable one in training and left out of
+    evaluation; each is appended to ``bad_log``.
+    """
     d, m = cfg.data, cfg.model
     src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
     mean, std = channel_stats(d.mean or src.mean, d.std or src.std, m.in_chans)
@@ -107,10 +121,12 @@ def build_run_data(cfg: RunConfig) -> RunData:
                                      re_prob=d.re_prob, interpolation=d.interpolation)
     eval_tf = build_eval_transform(m.img_size, mean, std, crop_pct=d.crop_pct,
                                    interpolation=d.interpolation)
-    train = ImageDataset(src.train, train_tf, m.in_chans, indices=train_idx)
-    test = ImageDataset(src.test, eval_tf, m.in_chans) if src.test is not None else None
-    val = ImageDataset(src.train, eval_tf, m.in_chans, indices=val_idx) \
-        if val_idx is not None else None
+    train = ImageDataset(src.train, train_tf, m.in_chans, indices=train_idx,
+                         on_error="substitute", bad_log=bad_log)
+    test = ImageDataset(src.test, eval_tf, m.in_chans, on_error="skip", bad_log=bad_log) \
+        if src.test is not None else None
+    val = ImageDataset(src.train, eval_tf, m.in_chans, indices=val_idx, on_error="skip",
+                       bad_log=bad_log) if val_idx is not None else None
     if val is None and test is None:
         raise ConfigError(f"'{d.data}' has no test split: set data.val_fraction > 0 so a "
                           "validation split is carved from train")
@@ -129,11 +145,19 @@ def accuracy_counts(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
              dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Top-1 / top-5 (%) and mean CE of a classifier; leaves the model's mode as it was."""
+    """Top-1 / top-5 (%) and mean CE of a classifier; leaves the model's mode as it was.
+
+    Samples labelled -1 (unreadable files, see ``ImageDataset``) are left out.
+    """
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # n, top1 hits, top5 hits, loss sum
     for images, labels, *_ in loader:
+        keep = labels >= 0
+        if not bool(keep.all()):
+            images, labels = images[keep], labels[keep]
+        if len(labels) == 0:
+            continue
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images)
@@ -159,16 +183,47 @@ class MetricsLog:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    seed_all(seed)
+
+
+def _quiet_worker(_: int) -> None:
+    """Data-loader workers leave SIGINT/SIGTERM to the main process, which checkpoints and
+    then shuts them down; otherwise a Ctrl-C kills them mid-batch and the save fails."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (a second signal
+    stops at once). Only installs handlers in the main thread."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Trainer:
     """Trains one run. ``Trainer(cfg, out).fit()`` -> the summary dict."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
                  progress: bool = True) -> None:
+        """resume: False (a new run), True (continue; a checkpoint must exist) or "auto"
+        (continue from the latest checkpoint if there is one, else start afresh)."""
         self.cfg, self.out = cfg, Path(out_dir)
         self.progress = progress and dist.is_main()
         self.device = resolve_device(cfg.train.device)
@@ -179,6 +234,12 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _check_run_dir(self) -> None:
         has_ckpt = latest_checkpoint(self.out) is not None
+        if self.resume == "auto":
+            self.resume = has_ckpt
+            if not has_ckpt and dist.is_main():
+                # a run killed before its first checkpoint: nothing to keep but its log lines
+                for name in ("metrics.jsonl", BAD_FILES):
+                    (self.out / name).unlink(missing_ok=True)
         if self.resume and not has_ckpt:
             raise CheckpointError(f"--resume: no checkpoint found in '{self.out}/checkpoints'")
         if not self.resume and (self.out / "metrics.jsonl").exists():
@@ -197,7 +258,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-        self.data = build_run_data(cfg)
+        self.data = build_run_data(cfg, bad_log=self.out / BAD_FILES)
         self._prepare_tokenizer()
         target = self._build_target()
         # Seed right before the encoder is built: its initialisation is identical with and
@@ -227,8 +288,13 @@ class Trainer:
             if cfg.train.ema else None
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
         self.start_epoch, self.step, self.best = 0, 0, {"top1": -1.0, "epoch": -1}
+        self.start_step_in_epoch, self.epochs_done = 0, 0
         self.last_eval: dict[str, float] | None = None  # the final model's eval-split metrics
         self.timing = {"train_seconds": 0.0, "step_seconds": 0.0, "steps_timed": 0}
+        self.skipped = {"total": 0, "in_row": 0}  # non-finite steps
+        self.acc = self._new_accumulator()
+        self.stop = StopRequest()
+        self._bad_seen = (-1, 0)  # (bad-file log size, distinct files) at the last check
 
     def _prepare_tokenizer(self) -> None:
         """Target "vq": train a tokenizer for "auto", and keep a copy in the run directory."""
@@ -270,14 +336,14 @@ class Trainer:
         if len(self.data.train) < d.batch_size:
             raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the "
                               f"{len(self.data.train)} training images")
-        self.generator = torch.Generator()
-        sampler = self.make_sampler(self.data.train)
+        self.sampler = self.make_sampler(self.data.train)
         common: dict[str, Any] = dict(num_workers=d.num_workers,
                                       pin_memory=self.device.type == "cuda",
-                                      persistent_workers=d.num_workers > 0)
+                                      persistent_workers=d.num_workers > 0,
+                                      worker_init_fn=_quiet_worker if d.num_workers else None)
         # drop_last: every step sees a full batch (mixup needs an even size; step times compare)
-        self.train_loader = DataLoader(self.data.train, batch_size=d.batch_size, sampler=sampler,
-                                       drop_last=True, generator=self.generator, **common)
+        self.train_loader = DataLoader(self.data.train, batch_size=d.batch_size,
+                                       sampler=self.sampler, drop_last=True, **common)
         self.steps_per_epoch = len(self.train_loader)
         if self.cfg.train.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, self.cfg.train.max_steps)
@@ -289,24 +355,40 @@ class Trainer:
         self.test_loader = eval_loader(self.data.test) \
             if self.data.test is not self.data.eval else self.eval_loader
 
-    def make_sampler(self, dataset: Dataset) -> torch.utils.data.Sampler:
-        """The training sampler; a distributed run swaps in a sharding sampler here."""
-        return RandomSampler(dataset, generator=self.generator)
+    def make_sampler(self, dataset: Dataset) -> EpochSampler:
+        """The training sampler: this process's share of a (seed, epoch) permutation."""
+        return EpochSampler(len(dataset), seed=self.cfg.train.seed, rank=dist.rank(),
+                            world=dist.world_size())
+
+    @staticmethod
+    def _new_accumulator() -> dict[str, Any]:
+        """Running sums of the epoch in progress (saved in mid-epoch checkpoints)."""
+        return {"sums": {}, "count": 0, "skipped": 0, "seconds": 0.0, "step_seconds": 0.0}
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, epoch: int, eval_metrics: dict[str, float]) -> None:
+    def _save(self, epoch: int, eval_metrics: dict[str, float], *,
+              mid_epoch: int | None = None) -> Path | None:
+        """Checkpoint after epoch ``epoch`` (0-based), or inside it after ``mid_epoch`` of
+        its steps; returns the folder written (main process) or None."""
         if not dist.is_main():
-            return
-        state = {"epoch": epoch + 1, "step": self.step, "optimizer": self.optimizer.state_dict(),
-                 "best": self.best,
-                 "timing": self.timing}
-        meta = {"epoch": epoch + 1, "step": self.step, "eval": eval_metrics}
+            return None
+        done = mid_epoch is None
+        state = {"epoch": epoch + 1 if done else epoch, "step": self.step,
+                 "step_in_epoch": 0 if done else mid_epoch,
+                 "epoch_acc": self._new_accumulator() if done else self.acc,
+                 "optimizer": self.optimizer.state_dict(), "best": self.best,
+                 "timing": self.timing, "skipped": self.skipped,
+                 "epochs_done": self.epochs_done}
+        meta = {"epoch": epoch + 1, "step": self.step, "end_of_epoch": done,
+                "eval": eval_metrics}
         ema_state = self.ema.module.state_dict() if self.ema is not None else None
         weights = self.model.trainable_state_dict()
-        save_checkpoint(epoch_folder(self.out, epoch + 1), weights, state, meta, ema_state)
-        if self.best["epoch"] == epoch + 1:
+        folder = epoch_folder(self.out, epoch + 1) if done else step_folder(self.out, self.step)
+        save_checkpoint(folder, weights, state, meta, ema_state)
+        if done and self.best["epoch"] == epoch + 1:
             save_checkpoint(self.out / "checkpoints" / "best", weights, state, meta, ema_state)
         prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
+        return folder
 
     def _load(self) -> None:
         folder = latest_checkpoint(self.out)
@@ -324,6 +406,25 @@ class Trainer:
             self.ema.module.load_state_dict(ema_state)
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.timing = dict(state["best"]), dict(state["timing"])
+        self.start_step_in_epoch = int(state.get("step_in_epoch", 0))
+        self.acc = dict(state.get("epoch_acc") or self._new_accumulator())
+        self.skipped = dict(state.get("skipped", self.skipped))
+        self.epochs_done = int(state.get("epochs_done", self.start_epoch))
+        self._trim_metrics(self.step)
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop log lines written after the checkpoint being resumed (they will be redone)."""
+        path = self.out / "metrics.jsonl"
+        if not dist.is_main() or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) <= step:
+                    kept.append(line)
+            except ValueError:  # a line cut short by the crash
+                continue
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -339,9 +440,17 @@ class Trainer:
                      "test_split": self.data.test_split,
                      "test_size": len(self.data.test) if self.data.test is not None else 0}
             (self.out / "data_stats.json").write_text(json.dumps(stats, indent=2))
+        with self.stop:
+            self._loop()
+        return self._finish()
+
+    def _loop(self) -> None:
         epochs = self.cfg.train.epochs
         for epoch in range(self.start_epoch, epochs):
-            train_stats = self.train_one_epoch(epoch)
+            start, self.start_step_in_epoch = self.start_step_in_epoch, 0
+            train_stats = self.train_one_epoch(epoch, start=start)
+            if train_stats is None:  # stopped by a signal, checkpoint written
+                return
             eval_metrics = self._evaluate_epoch()
             self.last_eval = {k: v for k, v in eval_metrics.items() if not k.startswith("ema_")}
             if eval_metrics.get("top1", -1.0) > self.best["top1"]:
@@ -349,10 +458,20 @@ class Trainer:
             self.metrics.write({"type": "epoch", "epoch": epoch + 1, "step": self.step,
                                 "split": self.data.eval_split, **train_stats,
                                 **{f"eval_{k}": v for k, v in eval_metrics.items()}})
-            self._save(epoch, eval_metrics)
+            self.epochs_done = epoch + 1
+            folder = self._save(epoch, eval_metrics)
+            self._check_stop(folder)
             if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
                 break
-        return self._finish()
+
+    def _check_stop(self, folder: Path | None) -> None:
+        """After a signal: report the checkpoint just written and stop."""
+        if self.stop.signum is None:
+            return
+        name = signal.Signals(self.stop.signum).name
+        raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint '{folder}' "
+                          f"written. Continue with `supmim train --out {self.out} "
+                          "--resume auto`", signum=self.stop.signum)
 
     def _evaluate_epoch(self) -> dict[str, float]:
         if self.eval_loader is None:
@@ -366,50 +485,91 @@ class Trainer:
     def _epoch_seed(self, epoch: int) -> int:
         return self.cfg.train.seed * 100_003 + epoch
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training data; returns epoch means and timings."""
-        cfg = self.cfg
-        seed_everything(self._epoch_seed(epoch))
-        self.generator.manual_seed(self._epoch_seed(epoch))
+    def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float] | None:
+        """One pass over the training data from its ``start``-th step; returns epoch means
+        and timings, or None when a signal stopped it (after writing a checkpoint)."""
+        cfg, acc = self.cfg, self.acc
+        if start == 0:
+            self.acc = acc = self._new_accumulator()
+        self.sampler.set_epoch(epoch, start=start * cfg.data.batch_size)
         self.model.train()
-        sums: dict[str, float] = {}
-        count, epoch_start, step_time = 0, time.perf_counter(), 0.0
+        epoch_start, done_before = time.perf_counter(), acc["count"] + acc["skipped"]
         total_steps = cfg.train.epochs * self.steps_per_epoch
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        bar = tqdm(total=self.steps_per_epoch, initial=start,
+                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
-        for i, (images, labels, index) in enumerate(self.train_loader):
+        every = cfg.train.checkpoint_every
+        for i, (images, labels, index) in enumerate(self.train_loader, start=start):
             if i >= self.steps_per_epoch:
                 break
             t0 = time.perf_counter()
+            # this step's dropout, drop-path and mixup draw from (seed, step) alone
+            seed_all(mix_seed(cfg.train.seed, self.step, 0x57E9))
             stats = self.train_step(images, labels, index, epoch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            step_time += time.perf_counter() - t0
-            count += 1
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+            acc["step_seconds"] += time.perf_counter() - t0
+            if stats is None:
+                acc["skipped"] += 1
+            else:
+                acc["count"] += 1
+                for k, v in stats.items():
+                    acc["sums"][k] = acc["sums"].get(k, 0.0) + v
             elapsed = time.perf_counter() - epoch_start
-            rate = count * cfg.data.batch_size / elapsed
-            remaining = (total_steps - self.step) * elapsed / max(count, 1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", img_s=f"{rate:.0f}",
+            steps_here = acc["count"] + acc["skipped"] - done_before
+            rate = steps_here * cfg.data.batch_size / max(elapsed, 1e-9)
+            remaining = (total_steps - self.step) * elapsed / max(steps_here, 1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats else "skip", img_s=f"{rate:.0f}",
                             eta=_fmt_seconds(remaining), refresh=False)
             bar.update(1)
-            if self.step % cfg.train.log_every == 0:
+            if stats is not None and self.step % cfg.train.log_every == 0:
                 self.metrics.write({"type": "train", "epoch": epoch + 1, "step": self.step,
                                     "lr": self.optimizer.param_groups[0]["lr"],
                                     "img_per_s": rate, **stats})
+            self._check_bad_files()
+            last = i + 1 >= self.steps_per_epoch or (cfg.train.max_steps
+                                                     and self.step >= cfg.train.max_steps)
+            stopping = self.stop.signum is not None
+            if not last and (stopping or (every and self.step % every == 0)):
+                acc["seconds"] += time.perf_counter() - epoch_start
+                epoch_start = time.perf_counter()
+                folder = self._save(epoch, {}, mid_epoch=i + 1)
+                if stopping:
+                    bar.close()
+                    self._check_stop(folder)
         bar.close()
-        epoch_time = time.perf_counter() - epoch_start
-        self.timing["train_seconds"] += epoch_time
-        self.timing["step_seconds"] += step_time
-        self.timing["steps_timed"] += count
-        means = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
-        return {**means, "epoch_seconds": epoch_time, "step_seconds": step_time / max(count, 1),
-                "img_per_s": count * cfg.data.batch_size / max(epoch_time, 1e-9)}
+        acc["seconds"] += time.perf_counter() - epoch_start
+        self.timing["train_seconds"] += acc["seconds"]
+        self.timing["step_seconds"] += acc["step_seconds"]
+        self.timing["steps_timed"] += acc["count"] + acc["skipped"]
+        count, steps = max(acc["count"], 1), max(acc["count"] + acc["skipped"], 1)
+        means = {f"train_{k}": v / count for k, v in acc["sums"].items()}
+        return {**means, "epoch_seconds": acc["seconds"],
+                "step_seconds": acc["step_seconds"] / steps, "skipped_steps": acc["skipped"],
+                "img_per_s": steps * cfg.data.batch_size / max(acc["seconds"], 1e-9)}
+
+    def _check_bad_files(self) -> None:
+        """Stop once unreadable files exceed ``data.max_bad_fraction`` of the data."""
+        path = self.out / BAD_FILES
+        size = path.stat().st_size if path.is_file() else 0
+        if size == self._bad_seen[0]:
+            return
+        bad = read_bad_log(path)
+        self._bad_seen = (size, len(bad))
+        total = sum(len(ds) for ds in (self.data.train, self.data.eval, self.data.test)
+                    if ds is not None)
+        limit = self.cfg.data.max_bad_fraction
+        if len(bad) > limit * total:
+            listed = ", ".join(list(bad)[:3])
+            raise TrainingError(
+                f"{len(bad)} unreadable image files (more than data.max_bad_fraction={limit} "
+                f"of {total}), e.g. {listed}; all are listed in '{path}'. Replace or remove "
+                "them, or raise data.max_bad_fraction, then continue with --resume auto")
 
     def train_step(self, images: Tensor, labels: Tensor, index: Tensor,
-                   epoch: int) -> dict[str, float]:
-        """One optimizer step; returns its scalar statistics."""
+                   epoch: int) -> dict[str, float] | None:
+        """One optimizer step; returns its scalar statistics, or None when the loss or the
+        gradient was not finite and the step was skipped (weights left unchanged)."""
         cfg = self.cfg
         mask = sample_masks(self.masker, index, epoch, cfg.train.seed) \
             if self.masker is not None else None
@@ -423,16 +583,22 @@ class Trainer:
                             enabled=self.dtype is not None):
             out = self.model(images, labels, mask, mim_seed=self._epoch_seed(epoch) * 65_537
                              + self.step)
-        if not torch.isfinite(out.loss):
-            raise TrainingError(f"non-finite loss at step {self.step} ({out.loss.item()}); the "
-                                f"last epoch checkpoint in '{self.out}/checkpoints' is intact. "
-                                "Lower train.lr or enable train.clip_grad, then --resume")
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg.train.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
-        self.optimizer.step()
+        finite = bool(torch.isfinite(out.loss))
+        if finite:
+            out.loss.backward()
+            # the total norm doubles as the finiteness check of every gradient
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                  cfg.train.clip_grad or math.inf)
+            finite = bool(torch.isfinite(norm))
         self.step += 1
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step_update(num_updates=self.step)
+            self._skip_step(out.loss)
+            return None
+        self.skipped["in_row"] = 0
+        self.optimizer.step()
         self.scheduler.step_update(num_updates=self.step)
         if self.ema is not None:
             self.ema.update(self.model.encoder, step=self.step)
@@ -442,6 +608,18 @@ class Trainer:
         if out.mim_acc is not None:
             stats["mim_acc"] = float(out.mim_acc)
         return stats
+
+    def _skip_step(self, loss: Tensor) -> None:
+        self.skipped["total"] += 1
+        self.skipped["in_row"] += 1
+        self.metrics.write({"type": "skip", "step": self.step, "loss": float(loss.detach())})
+        if self.skipped["in_row"] >= self.cfg.train.max_bad_steps:
+            last = latest_checkpoint(self.out)
+            raise TrainingError(
+                f"{self.skipped['in_row']} steps in a row had a non-finite loss or gradient "
+                f"(up to step {self.step}; train.max_bad_steps={self.cfg.train.max_bad_steps}). "
+                f"The last good checkpoint '{last}' is intact. Lower train.lr, set "
+                "train.clip_grad, or check the data, then continue with --resume auto")
 
     def _final_eval(self, loader: DataLoader) -> dict[str, float]:
         """The final model on ``loader``; the last epoch's numbers when it was the eval split."""
@@ -461,8 +639,11 @@ class Trainer:
             "encoder_params": sum(p.numel() for p in self.model.encoder.parameters()),
             "device": str(self.device), "amp": str(self.dtype) if self.dtype else "off",
         }
-        last = latest_checkpoint(self.out)
-        summary["epochs_done"] = int(last.name.split("_")[-1]) if last else 0
+        summary["epochs_done"] = self.epochs_done
+        summary["skipped_steps"] = self.skipped["total"]
+        bad = read_bad_log(self.out / BAD_FILES)
+        summary["bad_files"] = {"count": len(bad), "files": sorted(bad)[:100],
+                                "log": BAD_FILES if bad else None}
         if self.eval_loader is not None and self.data.eval_split == "val":
             summary["val"] = self._final_eval(self.eval_loader)
         if self.test_loader is not None:
@@ -483,7 +664,7 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False,
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
           progress: bool = True) -> dict[str, Any]:
-    """Python API: train one run and return its summary."""
+    """Python API: train one run and return its summary (``resume``: see :class:`Trainer`)."""
     return Trainer(cfg, out_dir, resume=resume, progress=progress).fit()
