@@ -1,4 +1,5 @@
-"""``supmim <command>``: train, compare, tokenizer train, export, demo, config.
+"""``supmim <command>``: train, compare, tokenizer, export, demo, bench, config, and the
+evaluation commands.
 
 Every command builds and validates its configuration before touching data, so a bad key or
 value fails in a second with a message naming the key and its valid values.
@@ -82,8 +83,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SupmimError("--data is required (except when resuming a run that has a "
                               "checkpoint)")
         cfg = _config_from(args)
-    summary = train(cfg, args.out, resume=resume, progress=not args.quiet)
-    _print_result(args.out, summary)
+    from supmim.engine import dist
+    try:
+        summary = train(cfg, args.out, resume=resume, progress=not args.quiet)
+        main_process = dist.is_main()
+    finally:
+        dist.teardown()
+    if main_process:
+        _print_result(args.out, summary)
     return 0
 
 
@@ -160,6 +167,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from supmim.demo import run_demo
     run_demo(args.out, seeds=args.seeds, progress=not args.quiet)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from supmim.bench import BenchConfig, bench, format_result, write_result
+    b = BenchConfig(model=args.model, img_size=args.img_size, patch_size=args.patch_size,
+                    batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                    target=args.target, mask_ratio=args.mask_ratio,
+                    decoder_depth=args.decoder_depth, device=args.device, amp=args.amp,
+                    compile=args.compile, threads=args.threads, peak_tflops=args.peak_tflops)
+    result = bench(b)
+    print(format_result(result))
+    if args.out:
+        write_result(result, args.out)
     return 0
 
 
@@ -250,6 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="training-step throughput: plain loop vs trainer vs "
+                                     "trainer + MIM, side by side")
+    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm ViT name")
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--patch-size", type=int, default=4)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    p.add_argument("--target", choices=("vq", "pixel", "hog", "none"), default="vq",
+                   help="MIM target (vq: an untrained tokenizer with the right grid)")
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--decoder-depth", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile both loops")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--peak-tflops", type=float,
+                   help="the device's peak (for the FLOPs utilisation) if not in the built-in table")
+    p.add_argument("--out", help="write the result JSON here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="print (and --save) the resolved configuration")
     _add_config_args(p, data_required=False)

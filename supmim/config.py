@@ -103,6 +103,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many recent checkpoints (epoch or step) to keep besides "best"
     checkpoint_every: int = 500  # also checkpoint every N optimizer steps mid-epoch; 0 = epochs only
     max_bad_steps: int = 5  # non-finite loss/gradient steps are skipped; stop after N in a row
+    init_from: str | None = None  # start the encoder from a run dir, export folder or .safetensors
+    layer_decay: float | None = None  # layer-wise lr decay (e.g. 0.65 for fine-tuning); None = off
+    compile: bool = False  # torch.compile the training forward
 
 
 @dataclass
@@ -386,6 +389,8 @@ def validate(cfg: RunConfig) -> None:
     _check(t.threads >= 0, "train.threads", "must be >= 0")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = per epoch only)")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(t.layer_decay is None or 0.0 < t.layer_decay <= 1.0, "train.layer_decay",
+           "must be in (0, 1] or null (off)")
     _check(0.0 <= d.max_bad_fraction < 1.0, "data.max_bad_fraction",
            "must be in [0, 1) (0 = stop at the first unreadable file)")
     if k.enabled and k.target == "vq":

@@ -1,9 +1,18 @@
-"""Process-group helpers. Everything works unchanged in a single process (no torchrun)."""
+"""Process-group helpers. Everything works unchanged in a single process (no torchrun).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`setup` starts the default
+process group: NCCL with one GPU per process (``LOCAL_RANK``), gloo on CPU. Multi-node runs
+need nothing more than torchrun's own rendezvous arguments.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler
 
 
 def is_distributed() -> bool:
@@ -18,9 +27,36 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def is_main() -> bool:
     """Only the main process writes files, logs and progress bars."""
     return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group torchrun set up the environment for; returns this process's
+    device (``cuda:LOCAL_RANK`` on GPUs). A no-op outside torchrun."""
+    if not launched_by_torchrun() or is_distributed():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return device
+
+
+def teardown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -33,3 +69,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sharding without padding: rank r takes positions r, r + world, ...
+
+    Unlike ``DistributedSampler`` nothing is repeated to even out the shards, so summed
+    counts cover every sample exactly once.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world: int = 1) -> None:
+        self.size, self.rank, self.world = size, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world))

@@ -52,6 +52,7 @@ from supmim.engine.checkpoint import (atomic_write_text, epoch_folder, latest_ch
 from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from supmim.masking import build_masker, sample_masks
 from supmim.models import SupMimModel, create_vit, grid_of
+from supmim.models.pretrained import init_encoder
 from supmim.targets import build_target
 
 SPLIT_SEED = 0  # the train/val split and training subset are the same for every training seed
@@ -221,12 +222,14 @@ class Trainer:
     """Trains one run. ``Trainer(cfg, out).fit()`` -> the summary dict."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, data: RunData | None = None) -> None:
         """resume: False (a new run), True (continue; a checkpoint must exist) or "auto"
-        (continue from the latest checkpoint if there is one, else start afresh)."""
+        (continue from the latest checkpoint if there is one, else start afresh).
+        data: datasets to use instead of resolving ``cfg.data`` (benchmarks, tests)."""
         self.cfg, self.out = cfg, Path(out_dir)
+        self._given_data = data
         self.progress = progress and dist.is_main()
-        self.device = resolve_device(cfg.train.device)
+        self.device = dist.setup(resolve_device(cfg.train.device))
         self.dtype = amp_dtype(cfg.train.amp, self.device)
         self.resume = resume
         self._check_run_dir()
@@ -258,26 +261,40 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-        self.data = build_run_data(cfg, bad_log=self.out / BAD_FILES)
+        self.data = self._given_data or build_run_data(cfg, bad_log=self.out / BAD_FILES)
         self._prepare_tokenizer()
         target = self._build_target()
         # Seed right before the encoder is built: its initialisation is identical with and
         # without MIM (the target, built above, may consume random numbers).
         seed_everything(cfg.train.seed)
         vit = create_vit(cfg.model, num_classes=len(self.data.classes))
+        self.init_report = None
+        if cfg.train.init_from and not self.resume:  # a resumed run has its own weights
+            self.init_report = init_encoder(vit, cfg.train.init_from)
         mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
         self.model = SupMimModel(vit, mean=self.data.mean, std=self.data.std, mim=cfg.mim,
                                  target=target, seed=cfg.train.seed,
                                  label_smoothing=0.0 if mixing else cfg.train.label_smoothing)
         self.model.to(self.device)
+        # DDP sees one forward (both losses) per backward; state dicts come from self.model
+        self.step_model: nn.Module = self.model
+        if dist.is_distributed():
+            self.step_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.step_model = torch.compile(self.step_model)
         self.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
                            label_smoothing=cfg.train.label_smoothing,
                            num_classes=len(self.data.classes)) if mixing else None
         self.masker = build_masker(cfg.mim.masking, grid_of(vit), cfg.mim.mask_ratio) \
             if self.model.mim is not None else None
         self._build_loaders()
+        # fused AdamW on GPUs (one kernel for all parameters); timm's layer-decay groups
+        # use SupMimModel.group_matcher (the encoder's blocks, under "encoder.")
+        extra = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=cfg.train.lr,
-                                             weight_decay=cfg.train.weight_decay)
+                                             weight_decay=cfg.train.weight_decay,
+                                             layer_decay=cfg.train.layer_decay, **extra)
         total = cfg.train.epochs * self.steps_per_epoch
         warmup = min(int(round(cfg.train.warmup_epochs * self.steps_per_epoch)), total - 1)
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(total - warmup, 1),
@@ -294,6 +311,7 @@ class Trainer:
         self.skipped = {"total": 0, "in_row": 0}  # non-finite steps
         self.acc = self._new_accumulator()
         self.stop = StopRequest()
+        self.stopping = False  # any process got a signal (agreed on every step)
         self._bad_seen = (-1, 0)  # (bad-file log size, distinct files) at the last check
 
     def _prepare_tokenizer(self) -> None:
@@ -332,7 +350,11 @@ class Trainer:
                             in_chans=m.in_chans, tokenizer=mim.tokenizer, norm_pix=mim.norm_pix)
 
     def _build_loaders(self) -> None:
-        d = self.cfg.data
+        d, world = self.cfg.data, dist.world_size()
+        if d.batch_size % world:
+            raise ConfigError(f"data.batch_size ({d.batch_size}) is the global batch and must "
+                              f"divide evenly over the {world} processes")
+        self.local_batch = d.batch_size // world
         if len(self.data.train) < d.batch_size:
             raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the "
                               f"{len(self.data.train)} training images")
@@ -342,15 +364,17 @@ class Trainer:
                                       persistent_workers=d.num_workers > 0,
                                       worker_init_fn=_quiet_worker if d.num_workers else None)
         # drop_last: every step sees a full batch (mixup needs an even size; step times compare)
-        self.train_loader = DataLoader(self.data.train, batch_size=d.batch_size,
+        self.train_loader = DataLoader(self.data.train, batch_size=self.local_batch,
                                        sampler=self.sampler, drop_last=True, **common)
         self.steps_per_epoch = len(self.train_loader)
         if self.cfg.train.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, self.cfg.train.max_steps)
 
         def eval_loader(ds: Dataset | None) -> DataLoader | None:
-            return None if ds is None else DataLoader(ds, batch_size=d.eval_batch_size,
-                                                      shuffle=False, **common)
+            if ds is None:
+                return None
+            return DataLoader(ds, batch_size=d.eval_batch_size,
+                              sampler=dist.ShardSampler(len(ds), dist.rank(), world), **common)
         self.eval_loader = eval_loader(self.data.eval)
         self.test_loader = eval_loader(self.data.test) \
             if self.data.test is not self.data.eval else self.eval_loader
@@ -370,9 +394,10 @@ class Trainer:
               mid_epoch: int | None = None) -> Path | None:
         """Checkpoint after epoch ``epoch`` (0-based), or inside it after ``mid_epoch`` of
         its steps; returns the folder written (main process) or None."""
-        if not dist.is_main():
-            return None
         done = mid_epoch is None
+        if not dist.is_main():
+            dist.barrier()  # wait until the main process has written it
+            return None
         state = {"epoch": epoch + 1 if done else epoch, "step": self.step,
                  "step_in_epoch": 0 if done else mid_epoch,
                  "epoch_acc": self._new_accumulator() if done else self.acc,
@@ -388,6 +413,7 @@ class Trainer:
         if done and self.best["epoch"] == epoch + 1:
             save_checkpoint(self.out / "checkpoints" / "best", weights, state, meta, ema_state)
         prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
+        dist.barrier()
         return folder
 
     def _load(self) -> None:
@@ -460,18 +486,22 @@ class Trainer:
                                 **{f"eval_{k}": v for k, v in eval_metrics.items()}})
             self.epochs_done = epoch + 1
             folder = self._save(epoch, eval_metrics)
-            self._check_stop(folder)
+            self._check_stop(folder, agree=True)
             if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
                 break
 
-    def _check_stop(self, folder: Path | None) -> None:
-        """After a signal: report the checkpoint just written and stop."""
-        if self.stop.signum is None:
+    def _check_stop(self, folder: Path | None, *, agree: bool = False) -> None:
+        """After a signal: report the checkpoint just written and stop. ``agree``: ask every
+        process first (a signal may have reached only some of them)."""
+        if agree:
+            flag = torch.tensor([float(self.stop.signum is not None)], device=self.device)
+            self.stopping = bool(dist.all_reduce_sum(flag).item() > 0)
+        if not self.stopping:
             return
-        name = signal.Signals(self.stop.signum).name
-        raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint '{folder}' "
-                          f"written. Continue with `supmim train --out {self.out} "
-                          "--resume auto`", signum=self.stop.signum)
+        signum = self.stop.signum or signal.SIGTERM
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {self.step}; "
+                          f"checkpoint '{folder}' written. Continue with `supmim train "
+                          f"--out {self.out} --resume auto`", signum=signum)
 
     def _evaluate_epoch(self) -> dict[str, float]:
         if self.eval_loader is None:
@@ -491,7 +521,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         if start == 0:
             self.acc = acc = self._new_accumulator()
-        self.sampler.set_epoch(epoch, start=start * cfg.data.batch_size)
+        self.sampler.set_epoch(epoch, start=start * self.local_batch)
         self.model.train()
         epoch_start, done_before = time.perf_counter(), acc["count"] + acc["skipped"]
         total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -503,8 +533,8 @@ class Trainer:
             if i >= self.steps_per_epoch:
                 break
             t0 = time.perf_counter()
-            # this step's dropout, drop-path and mixup draw from (seed, step) alone
-            seed_all(mix_seed(cfg.train.seed, self.step, 0x57E9))
+            # this step's dropout, drop-path and mixup draw from (seed, step, rank) alone
+            seed_all(mix_seed(cfg.train.seed, self.step, 0x57E9, dist.rank()))
             stats = self.train_step(images, labels, index, epoch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -529,7 +559,7 @@ class Trainer:
             self._check_bad_files()
             last = i + 1 >= self.steps_per_epoch or (cfg.train.max_steps
                                                      and self.step >= cfg.train.max_steps)
-            stopping = self.stop.signum is not None
+            stopping = self.stopping
             if not last and (stopping or (every and self.step % every == 0)):
                 acc["seconds"] += time.perf_counter() - epoch_start
                 epoch_start = time.perf_counter()
@@ -581,38 +611,55 @@ class Trainer:
             images, labels = self.mixup(images, labels)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):
-            out = self.model(images, labels, mask, mim_seed=self._epoch_seed(epoch) * 65_537
-                             + self.step)
+            out = self.step_model(images, labels, mask, mim_seed=self._epoch_seed(epoch)
+                                  * 65_537 + self.step + 7_919 * dist.rank())
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(out.loss))
-        if finite:
-            out.loss.backward()
-            # the total norm doubles as the finiteness check of every gradient
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                  cfg.train.clip_grad or math.inf)
-            finite = bool(torch.isfinite(norm))
+        # Backward always runs, even on a NaN loss: under DDP every process must take part in
+        # the gradient all-reduce. A NaN anywhere then shows in the total gradient norm,
+        # which is the same on every process, so all skip the step together.
+        out.loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                              cfg.train.clip_grad or math.inf)
+        values, finite = self._step_values(out, norm)
         self.step += 1
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step_update(num_updates=self.step)
-            self._skip_step(out.loss)
+            self._skip_step(values[0])
             return None
         self.skipped["in_row"] = 0
         self.optimizer.step()
         self.scheduler.step_update(num_updates=self.step)
         if self.ema is not None:
             self.ema.update(self.model.encoder, step=self.step)
-        stats = {"loss": out.loss.item(), "loss_cls": out.loss_cls.item()}
+        stats = {"loss": values[0], "loss_cls": values[1]}
         if out.loss_mim is not None:
-            stats["loss_mim"] = out.loss_mim.item()
+            stats["loss_mim"] = values[2]
         if out.mim_acc is not None:
-            stats["mim_acc"] = float(out.mim_acc)
+            stats["mim_acc"] = values[3]
         return stats
 
-    def _skip_step(self, loss: Tensor) -> None:
+    def _step_values(self, out: Any, norm: Tensor) -> tuple[list[float], bool]:
+        """Losses and MIM accuracy averaged over processes, whether the step is finite
+        everywhere, and whether any process was asked to stop: one transfer per step."""
+        zero = out.loss.new_zeros(())
+        parts = [out.loss, out.loss_cls, out.loss_mim if out.loss_mim is not None else zero,
+                 out.mim_acc if out.mim_acc is not None else zero]
+        flags = [torch.isfinite(out.loss) & torch.isfinite(norm),
+                 torch.tensor(self.stop.signum is not None, device=norm.device)]
+        vec = torch.stack([p.detach().float() for p in parts] + [f.float() for f in flags])
+        world = dist.world_size()
+        if world > 1:
+            vec = dist.all_reduce_sum(vec)
+            vec[:4] /= world
+        values = vec.tolist()
+        self.stopping = values[5] > 0
+        return values[:4], values[4] == world
+
+    def _skip_step(self, loss: float) -> None:
         self.skipped["total"] += 1
         self.skipped["in_row"] += 1
-        self.metrics.write({"type": "skip", "step": self.step, "loss": float(loss.detach())})
+        self.metrics.write({"type": "skip", "step": self.step, "loss": loss})
         if self.skipped["in_row"] >= self.cfg.train.max_bad_steps:
             last = latest_checkpoint(self.out)
             raise TrainingError(
@@ -634,6 +681,7 @@ class Trainer:
             "mim": self.model.mim is not None, "mim_weight": self.model.mim_weight,
             "target": self.cfg.mim.target if self.model.mim is not None else None,
             "eval_split": self.data.eval_split, "best": self.best,
+            "init_from": self.cfg.train.init_from,
             "train_seconds": self.timing["train_seconds"],
             "mean_step_seconds": self.timing["step_seconds"] / max(self.timing["steps_timed"], 1),
             "encoder_params": sum(p.numel() for p in self.model.encoder.parameters()),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,15 @@ class SupMimModel(nn.Module):
         if self.mask_token is not None:
             names.add("mask_token")
         return names
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """The encoder's timm layer groups under the ``encoder.`` prefix, for layer-wise lr
+        decay; decoder, mask token and head fall outside them and keep the full lr."""
+        def prefix(rule: Any) -> Any:
+            if isinstance(rule, str):
+                return "|".join(r"^encoder\." + alt.lstrip("^") for alt in rule.split("|"))
+            return [(prefix(regex), suffix) for regex, suffix in rule]
+        return {name: prefix(rule) for name, rule in self.encoder.group_matcher(coarse).items()}
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Weights to checkpoint: encoder, decoder and mask token, not the frozen target."""

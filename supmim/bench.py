@@ -1,0 +1,282 @@
+"""``supmim bench``: training-step throughput measured side by side in one process.
+
+Three loops run on the same synthetic in-memory batches, interleaved over several rounds so
+drifting machine load hits them alike; each figure is the median round:
+
+    plain      a minimal PyTorch loop: timm ViT, cross-entropy, AdamW (the reference)
+    trainer    supmim's own training loop (``Trainer.train_one_epoch``), MIM off
+    trainer+mim  the same loop with the MIM branch (decoder + frozen target) on
+
+Reported: images/s of each, the ratios trainer/plain (framework overhead) and mim/trainer
+(the price of MIM), the target's (tokenizer's) share of the MIM step, peak GPU memory, and
+model FLOPs per step (``torch.utils.flop_counter``) with the FLOPs utilisation on GPUs whose
+peak is known (or given with ``--peak-tflops``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from supmim.config import RunConfig, build_config
+from supmim.engine.trainer import RunData, Trainer, amp_dtype, resolve_device
+from supmim.errors import ConfigError
+from supmim.models import create_vit
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4,
+                    "H100 PCIe": 756.5, "H100": 756.5, "A100": 312.0, "L40S": 362.1,
+                    "A10G": 70.0, "L4": 121.0}
+
+
+@dataclass
+class BenchConfig:
+    model: str = "vit_tiny_patch16_224"
+    embed_dim: int | None = None  # None keeps the timm model's own sizes
+    depth: int | None = None
+    num_heads: int | None = None
+    img_size: int = 32
+    patch_size: int = 4
+    batch: int = 128
+    steps: int = 10
+    warmup: int = 3
+    rounds: int = 3
+    target: str = "vq"
+    mask_ratio: float = 0.75
+    decoder_depth: int = 1
+    device: str = "auto"
+    amp: str = "auto"
+    compile: bool = False
+    threads: int = 0
+    peak_tflops: float | None = None
+
+
+class _Synthetic(Dataset):
+    """``n`` fixed random images (already normalised), labels and indices, in memory."""
+
+    def __init__(self, n: int, chans: int, size: int, classes: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(n, chans, size, size, generator=g)
+        self.labels = torch.randint(0, classes, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        i = key[0] if isinstance(key, tuple) else key
+        return self.images[i], int(self.labels[i]), i
+
+
+def run_config(b: BenchConfig, tokenizer: str | None) -> RunConfig:
+    mim = b.target != "none"
+    overrides = [f"model.name={b.model}", f"model.img_size={b.img_size}",
+                 f"model.patch_size={b.patch_size}", f"data.batch_size={b.batch}",
+                 "data.num_workers=0", f"mim.mask_ratio={b.mask_ratio}",
+                 f"mim.decoder_depth={b.decoder_depth}", f"train.device={b.device}",
+                 f"train.amp={b.amp}", f"train.threads={b.threads}", "train.log_every=1000000",
+                 "train.checkpoint_every=0", "model.drop_path=0.1", f"train.compile={b.compile}"]
+    overrides += [f"model.{k}={getattr(b, k)}" for k in ("embed_dim", "depth", "num_heads")
+                  if getattr(b, k) is not None]
+    if b.embed_dim is not None:
+        heads = b.num_heads or 1
+        overrides += [f"mim.decoder_dim={max(heads, b.embed_dim // 2 // heads * heads)}",
+                      f"mim.decoder_heads={heads}"]
+    extra: dict[str, Any] = {"mim.target": b.target if mim else "pixel", "mim.enabled": mim}
+    if tokenizer:
+        extra["mim.tokenizer"] = tokenizer
+    return build_config(extra=extra, overrides=overrides)
+
+
+def _random_tokenizer(folder: Path, b: BenchConfig) -> str:
+    """An untrained VQ tokenizer with the benchmark's token grid: same cost as a trained one."""
+    from supmim.targets.vq import TokenizerConfig, VQTokenizer
+    factor = min((2, 4, 8, 16), key=lambda f: abs(f - b.patch_size))
+    VQTokenizer(TokenizerConfig(factor=factor, img_size=b.img_size)).save(folder)
+    return str(folder)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _PlainLoop:
+    """The reference: nothing but forward, cross-entropy, backward and AdamW."""
+
+    def __init__(self, cfg: RunConfig, loader: DataLoader, device: torch.device,
+                 dtype: torch.dtype | None, compile_model: bool) -> None:
+        torch.manual_seed(0)
+        self.model = create_vit(cfg.model, num_classes=10).to(device).train()
+        self.step_model = torch.compile(self.model) if compile_model else self.model
+        extra = {"fused": True} if device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                     weight_decay=cfg.train.weight_decay, **extra)
+        self.loader, self.device, self.dtype = loader, device, dtype
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            loss = nn.functional.cross_entropy(self.step_model(images).float(), labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def run(self, steps: int) -> float:
+        """Seconds for ``steps`` steps over the loader."""
+        start = time.perf_counter()
+        for i, (images, labels, _) in enumerate(self.loader):
+            if i >= steps:
+                break
+            self.step(images, labels)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def _trainer(cfg: RunConfig, out: Path, data: RunData) -> Trainer:
+    t = Trainer(cfg, out, progress=False, data=data)
+    t._setup()
+    return t
+
+
+def _trainer_run(t: Trainer, steps: int) -> float:
+    t.steps_per_epoch = steps
+    start = time.perf_counter()
+    t.train_one_epoch(0)
+    _sync(t.device)
+    return time.perf_counter() - start
+
+
+def _step_flops(fn: Any) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), forward + backward."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _peak(device: torch.device, given: float | None) -> tuple[str, float | None]:
+    if device.type != "cuda":
+        return "cpu", given
+    name = torch.cuda.get_device_name(device)
+    if given:
+        return name, given
+    return name, next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _target_share(t: Trainer, images: torch.Tensor, repeats: int = 5) -> float:
+    """Seconds the frozen target (tokenizer) takes on one batch."""
+    images = images.to(t.device)
+    t.model.mim_targets(images)
+    _sync(t.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t.model.mim_targets(images)
+    _sync(t.device)
+    return (time.perf_counter() - start) / repeats
+
+
+def bench(b: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark; returns the result dict (also what ``--out`` writes)."""
+    if b.steps < 1 or b.rounds < 1 or b.batch < 1:
+        raise ConfigError("bench: --steps, --rounds and --batch must be >= 1")
+    if b.threads:
+        torch.set_num_threads(b.threads)
+    device = resolve_device(b.device)
+    with tempfile.TemporaryDirectory(prefix="supmim-bench-") as tmp:
+        tmp_path = Path(tmp)
+        tok = _random_tokenizer(tmp_path / "tok", b) if b.target == "vq" else None
+        cfg_mim = run_config(b, tok)
+        cfg_sup = run_config(BenchConfig(**{**asdict(b), "target": "none"}), None)
+        chans = cfg_mim.model.in_chans
+        dataset = _Synthetic(b.batch * max(b.steps, b.warmup), chans, b.img_size, 10)
+        data = RunData(train=dataset, eval=None, eval_split="val", test=None, test_split="test",
+                       classes=[str(i) for i in range(10)], mean=(0.5,) * chans,
+                       std=(0.25,) * chans)
+        dtype = amp_dtype(b.amp, device)
+        plain = _PlainLoop(cfg_sup, DataLoader(dataset, batch_size=b.batch, shuffle=True,
+                                               drop_last=True), device, dtype, b.compile)
+        loops = {"plain": plain.run,
+                 "trainer": lambda n, t=_trainer(cfg_sup, tmp_path / "sup", data): _trainer_run(t, n)}
+        mim_trainer = None
+        if b.target != "none":
+            mim_trainer = _trainer(cfg_mim, tmp_path / "mim", data)
+            loops["trainer+mim"] = lambda n: _trainer_run(mim_trainer, n)
+        times: dict[str, list[float]] = {k: [] for k in loops}
+        peak_mem: dict[str, int] = {}
+        for name, run in loops.items():  # warm-up (and compilation) outside the timing
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            run(b.warmup)
+            if device.type == "cuda":
+                peak_mem[name] = int(torch.cuda.max_memory_allocated(device))
+        for _ in range(b.rounds):
+            for name, run in loops.items():
+                times[name].append(run(b.steps) / b.steps)
+        step = {k: statistics.median(v) for k, v in times.items()}
+        images, labels = dataset.images[: b.batch].to(device), dataset.labels[: b.batch].to(device)
+        flops = {"plain": _step_flops(lambda: plain.step(images, labels))}
+        if mim_trainer is not None:
+            index = torch.arange(b.batch)
+            flops["trainer+mim"] = _step_flops(
+                lambda: mim_trainer.train_step(images, labels, index, 0))
+        name, peak = _peak(device, b.peak_tflops)
+        result: dict[str, Any] = {
+            "config": asdict(b), "device": name, "torch": torch.__version__,
+            "amp": str(dtype) if dtype else "off", "threads": torch.get_num_threads(),
+            "sdpa": bool(getattr(plain.model.blocks[0].attn, "fused_attn", False)),
+            "step_seconds": step, "step_seconds_rounds": times,
+            "images_per_s": {k: b.batch / v for k, v in step.items()},
+            "ratio_trainer_over_plain_throughput": step["plain"] / step["trainer"],
+            "flops_per_step": flops,
+            "achieved_tflops": {k: flops[k] / step[k] / 1e12 for k in flops},
+            "peak_memory_bytes": peak_mem or None,
+        }
+        if mim_trainer is not None:
+            result["ratio_mim_over_sup_step_time"] = step["trainer+mim"] / step["trainer"]
+            result["target_seconds_per_step"] = _target_share(mim_trainer, images)
+            result["target_share_of_mim_step"] = (result["target_seconds_per_step"]
+                                                  / step["trainer+mim"])
+        if peak:
+            result["peak_tflops"] = peak
+            result["mfu"] = {k: v / peak for k, v in result["achieved_tflops"].items()}
+        return result
+
+
+def format_result(r: dict[str, Any]) -> str:
+    """A few readable lines for the terminal."""
+    c = r["config"]
+    lines = [f"supmim bench: {c['model']} {c['img_size']}px patch {c['patch_size']}, batch "
+             f"{c['batch']}, {r['device']}, amp {r['amp']}, {r['threads']} threads, "
+             f"median of {c['rounds']} rounds x {c['steps']} steps"]
+    for k, v in r["images_per_s"].items():
+        extra = ""
+        if k in r["achieved_tflops"]:
+            extra = f", {r['achieved_tflops'][k]:.2f} TFLOP/s"
+            if "mfu" in r:
+                extra += f" (MFU {100 * r['mfu'][k]:.1f}%)"
+        lines.append(f"  {k:12s} {v:9.1f} img/s  {1000 * r['step_seconds'][k]:8.1f} ms/step{extra}")
+    lines.append(f"  trainer / plain throughput: {r['ratio_trainer_over_plain_throughput']:.3f}")
+    if "ratio_mim_over_sup_step_time" in r:
+        lines.append(f"  MIM / supervised step time: {r['ratio_mim_over_sup_step_time']:.3f} "
+                     f"(target {100 * r['target_share_of_mim_step']:.1f}% of the MIM step)")
+    if r.get("peak_memory_bytes"):
+        lines.append("  peak memory: " + ", ".join(f"{k} {v / 2**30:.2f} GiB"
+                                                   for k, v in r["peak_memory_bytes"].items()))
+    return "\n".join(lines)
+
+
+def write_result(r: dict[str, Any], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(r, indent=2))

@@ -1,0 +1,31 @@
+"""`supmim bench` runs its three loops and reports consistent figures (not timings: those
+are for the benchmark itself, on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+
+from supmim.bench import BenchConfig, bench, format_result
+from supmim.cli import main
+
+
+def test_bench_reports_all_three_loops(tmp_path):
+    b = BenchConfig(embed_dim=32, depth=2, num_heads=2, img_size=16, patch_size=4, batch=8,
+                    steps=2, warmup=1, rounds=2, target="pixel", threads=1)
+    r = bench(b)
+    assert set(r["images_per_s"]) == {"plain", "trainer", "trainer+mim"}
+    assert all(len(v) == 2 and min(v) > 0 for v in r["step_seconds_rounds"].values())
+    assert r["ratio_trainer_over_plain_throughput"] == r["step_seconds"]["plain"] / r["step_seconds"]["trainer"]
+    # the MIM step does strictly more arithmetic than the plain one (decoder, masked pass)
+    assert r["flops_per_step"]["trainer+mim"] > r["flops_per_step"]["plain"] > 0
+    assert 0 < r["target_share_of_mim_step"] < 1
+    assert "MIM / supervised step time" in format_result(r)
+
+
+def test_bench_cli_writes_json_with_a_vq_tokenizer(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--img-size", "16", "--patch-size", "4", "--batch", "4", "--steps",
+                 "1", "--warmup", "1", "--rounds", "1", "--threads", "1", "--out", str(out),
+                 "--model", "vit_tiny_patch16_224"]) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["target"] == "vq" and r["ratio_mim_over_sup_step_time"] > 0
