@@ -170,6 +170,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from supmim.data.shards import pack
+    result = pack(args.data, args.out, shard_size=args.shard_size, progress=not args.quiet,
+                  root=args.data_root)
+    counts = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
+    print(f"packed {counts} samples into {args.out}; train with --data {args.out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from supmim.bench import BenchConfig, bench, format_result, write_result
     b = BenchConfig(model=args.model, img_size=args.img_size, patch_size=args.patch_size,
@@ -271,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="data commands")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("pack", help="write a dataset as WebDataset tar shards")
+    d.add_argument("data", help="anything --data accepts (folder tree, archive, built-in name)")
+    d.add_argument("--out", required=True, help="new folder for the shards")
+    d.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
+    d.add_argument("--data-root", help="folder holding a built-in dataset's files")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_data_pack)
 
     p = sub.add_parser("bench", help="training-step throughput: plain loop vs trainer vs "
                                      "trainer + MIM, side by side")

@@ -48,6 +48,8 @@ ACCEPTED_FORMS = (
     "  - a folder containing train/ and val/ (or test/), each with one sub-folder per class\n"
     "    holding images (" + " ".join(IMAGE_EXTENSIONS) + ");\n"
     "  - a .tar, .tar.gz or .tgz archive of such a folder (it may sit under one top-level folder);\n"
+    "  - a folder of WebDataset shards written by `supmim data pack`;\n"
+    "  - a Hugging Face dataset saved with save_to_disk (Image + ClassLabel columns);\n"
     "  - fashion-mnist  (apt-get install dataset-fashion-mnist, or --data-root with the four IDX .gz files);\n"
     "  - digits         (scikit-learn's load_digits; pip install scikit-learn);\n"
     "  - cifar10 or cifar100  (torchvision; pass --download, or --data-root with the extracted files)."
@@ -514,6 +516,14 @@ def resolve_data(
 
     path = Path(spec).expanduser()
     if path.is_dir():
+        from supmim.data.hf import is_hf_folder, load_hf
+        from supmim.data.shards import is_shard_folder, load_shards
+        for known, load in ((is_shard_folder, load_shards), (is_hf_folder, load_hf)):
+            if known(path):
+                train, test, test_split, classes = load(path)
+                mean, std = GREY_STATS
+                return DataSource(str(path.resolve()), train, test, test_split, classes, mean,
+                                  std, None, False)
         return _load_folder(path, str(path.resolve()), "folder")
     if path.is_file():
         if _archive_name(path) is None:
