@@ -106,6 +106,8 @@ class TrainConfig:
     init_from: str | None = None  # start the encoder from a run dir, export folder or .safetensors
     layer_decay: float | None = None  # layer-wise lr decay (e.g. 0.65 for fine-tuning); None = off
     compile: bool = False  # torch.compile the training forward
+    fsdp: bool = False  # FSDP2 (fully_shard per transformer block) instead of DDP under torchrun
+    grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
 
 
 @dataclass
@@ -389,6 +391,8 @@ def validate(cfg: RunConfig) -> None:
     _check(t.threads >= 0, "train.threads", "must be >= 0")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = per epoch only)")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(not (t.fsdp and t.ema), "train.fsdp",
+           "cannot be combined with train.ema yet (the EMA copy is not sharded); turn one off")
     _check(t.layer_decay is None or 0.0 < t.layer_decay <= 1.0, "train.layer_decay",
            "must be in (0, 1] or null (off)")
     _check(0.0 <= d.max_bad_fraction < 1.0, "data.max_bad_fraction",

@@ -75,3 +75,31 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     again = _losses(resumed)
     assert {k: r["loss"] for k, r in again.items()} == {k: r["loss"] for k, r in two.items()}
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_resume_on_one(tmp_path):
+    """FSDP2 with activation checkpointing trains like DDP; its checkpoints are unsharded, so
+    the run continues on one process (no FSDP) from its epoch-1 checkpoint."""
+    data = make_image_folder(tmp_path / "data", train_per_class=16, test_per_class=7)
+    fsdp = ("--set", "train.fsdp=true", "--set", "train.grad_checkpointing=true")
+    _train(data, tmp_path / "fsdp", 2, "--epochs", "2", *fsdp)
+    _train(data, tmp_path / "ddp", 2, "--epochs", "2")
+    a, b = _losses(tmp_path / "fsdp"), _losses(tmp_path / "ddp")
+    for step in a:  # same global batch, same randomness: the same losses
+        assert abs(a[step]["loss"] - b[step]["loss"]) <= 1e-4 * abs(b[step]["loss"]), step
+    state = torch.load(tmp_path / "fsdp" / "checkpoints" / "epoch_0001" / "state.pt",
+                       weights_only=True)
+    assert "optimizer_by_name" in state and "optimizer" not in state  # really sharded
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "fsdp", resumed)
+    for gone in ("checkpoints/epoch_0002", "checkpoints/best"):
+        shutil.rmtree(resumed / gone)
+    (resumed / "summary.json").unlink()
+    _train(data, resumed, 1, "--resume", "--set", "train.fsdp=false")
+    again = _losses(resumed)
+    for step in (4, 5, 6):  # epoch 2, now on one process: the same run up to float noise
+        assert abs(again[step]["loss"] - a[step]["loss"]) <= 1e-4 * abs(a[step]["loss"]), step
+    w1, w2 = _weights(tmp_path / "fsdp", 2), _weights(resumed, 2)
+    assert w1.keys() == w2.keys()
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)

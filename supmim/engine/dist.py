@@ -71,6 +71,44 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2: one unit per transformer block (encoder and decoder), the rest in the root.
+
+    Parameters are sharded across processes and gathered block by block in forward and
+    backward, so a ViT-L's weights, gradients and AdamW state are split ``world`` ways.
+    """
+    from timm.models.vision_transformer import Block
+    from torch.distributed.fsdp import fully_shard
+    for module in list(model.modules()):
+        if isinstance(module, Block):
+            fully_shard(module)
+    fully_shard(model)
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
+               ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Unsharded model and optimizer state dicts (optimizer keyed by parameter name), on the
+    CPU; a collective call (every process), full results on the main process."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                         get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(model, options=opts),
+            get_optimizer_state_dict(model, optimizer, options=opts))
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    weights: dict[str, torch.Tensor], optim_by_name: dict) -> None:
+    """Load unsharded states (from :func:`full_state`) into a sharded or plain model,
+    whatever the number of processes that saved them."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                         set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=opts)
+    set_optimizer_state_dict(model, optimizer, optim_by_name, options=opts)
+
+
 class ShardSampler(Sampler[int]):
     """Evaluation sharding without padding: rank r takes positions r, r + world, ...
 

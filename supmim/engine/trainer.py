@@ -276,9 +276,17 @@ class Trainer:
                                  target=target, seed=cfg.train.seed,
                                  label_smoothing=0.0 if mixing else cfg.train.label_smoothing)
         self.model.to(self.device)
+        if cfg.train.grad_checkpointing:
+            self.model.encoder.set_grad_checkpointing(True)
         # DDP sees one forward (both losses) per backward; state dicts come from self.model
         self.step_model: nn.Module = self.model
-        if dist.is_distributed():
+        self.fsdp = cfg.train.fsdp
+        if self.fsdp:
+            if not dist.is_distributed():
+                raise ConfigError("train.fsdp needs torchrun (several processes); without it "
+                                  "use the default single-process training")
+            dist.shard_model(self.model)
+        elif dist.is_distributed():
             self.step_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         if cfg.train.compile:
@@ -395,19 +403,19 @@ class Trainer:
         """Checkpoint after epoch ``epoch`` (0-based), or inside it after ``mid_epoch`` of
         its steps; returns the folder written (main process) or None."""
         done = mid_epoch is None
+        weights, optim = self._full_states()
         if not dist.is_main():
             dist.barrier()  # wait until the main process has written it
             return None
         state = {"epoch": epoch + 1 if done else epoch, "step": self.step,
                  "step_in_epoch": 0 if done else mid_epoch,
                  "epoch_acc": self._new_accumulator() if done else self.acc,
-                 "optimizer": self.optimizer.state_dict(), "best": self.best,
+                 **optim, "best": self.best,
                  "timing": self.timing, "skipped": self.skipped,
                  "epochs_done": self.epochs_done}
         meta = {"epoch": epoch + 1, "step": self.step, "end_of_epoch": done,
                 "eval": eval_metrics}
         ema_state = self.ema.module.state_dict() if self.ema is not None else None
-        weights = self.model.trainable_state_dict()
         folder = epoch_folder(self.out, epoch + 1) if done else step_folder(self.out, self.step)
         save_checkpoint(folder, weights, state, meta, ema_state)
         if done and self.best["epoch"] == epoch + 1:
@@ -416,16 +424,36 @@ class Trainer:
         dist.barrier()
         return folder
 
+    def _full_states(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Unsharded weights (without the frozen target) and optimizer state. Under FSDP every
+        process takes part in gathering them; the files do not depend on the process count."""
+        if not self.fsdp:
+            return self.model.trainable_state_dict(), {"optimizer": self.optimizer.state_dict()}
+        weights, optim = dist.full_state(self.model, self.optimizer)
+        weights = {k: v for k, v in weights.items() if not k.startswith("target.")}
+        return weights, {"optimizer_by_name": optim}
+
     def _load(self) -> None:
         folder = latest_checkpoint(self.out)
         assert folder is not None
         weights, state, ema_state = load_checkpoint(folder)
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if not k.startswith("target.")]
-        if missing or unexpected:
+        own = self.model.state_dict()
+        missing = [k for k in own if k not in weights and not k.startswith("target.")]
+        unexpected = [k for k in weights if k not in own]
+        wrong = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+        if missing or unexpected or wrong:
             raise CheckpointError(f"checkpoint '{folder}' does not match this model: missing "
-                                  f"{missing[:5]}, unexpected {unexpected[:5]}")
-        self.optimizer.load_state_dict(state["optimizer"])
+                                  f"{missing[:5]}, unexpected {unexpected[:5]}, other shapes "
+                                  f"{wrong[:5]} (a tokenizer with another codebook size, or "
+                                  "other model.* keys?)")
+        if self.fsdp and "optimizer_by_name" not in state:
+            raise CheckpointError(f"checkpoint '{folder}' was written without train.fsdp; "
+                                  "resume it with train.fsdp=false")
+        if "optimizer_by_name" in state:
+            dist.load_full_state(self.model, self.optimizer, weights, state["optimizer_by_name"])
+        else:
+            self.model.load_state_dict(weights, strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
         # The schedule is a pure function of the step (so --epochs can be extended on resume).
         self.scheduler.step_update(num_updates=int(state["step"]))
         if self.ema is not None and ema_state is not None:
@@ -506,7 +534,7 @@ class Trainer:
     def _evaluate_epoch(self) -> dict[str, float]:
         if self.eval_loader is None:
             return {}
-        metrics = evaluate(self.model.encoder, self.eval_loader, self.device, self.dtype)
+        metrics = self._eval_encoder(self.eval_loader)
         if self.ema is not None:
             ema = evaluate(self.ema.module, self.eval_loader, self.device, self.dtype)
             metrics.update({f"ema_{k}": v for k, v in ema.items() if k != "n"})
@@ -620,6 +648,8 @@ class Trainer:
         out.loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                               cfg.train.clip_grad or math.inf)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+            norm = norm.full_tensor()
         values, finite = self._step_values(out, norm)
         self.step += 1
         if not finite:
@@ -672,7 +702,18 @@ class Trainer:
         """The final model on ``loader``; the last epoch's numbers when it was the eval split."""
         if loader is self.eval_loader and self.last_eval:
             return dict(self.last_eval)
-        return evaluate(self.model.encoder, loader, self.device, self.dtype)
+        return self._eval_encoder(loader)
+
+    def _eval_encoder(self, loader: DataLoader) -> dict[str, float]:
+        """Evaluate the encoder; under FSDP the root's own parameters (patch embedding, head)
+        are gathered first, as the encoder is called outside the root's forward."""
+        if not self.fsdp:
+            return evaluate(self.model.encoder, loader, self.device, self.dtype)
+        self.model.unshard()
+        try:
+            return evaluate(self.model.encoder, loader, self.device, self.dtype)
+        finally:
+            self.model.reshard()
 
     def _finish(self) -> dict[str, Any]:
         """Final evaluation on val and test, summary.json."""
