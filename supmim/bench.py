@@ -59,6 +59,8 @@ class BenchConfig:
     compile: bool = False
     threads: int = 0
     peak_tflops: float | None = None
+    data: str | None = None  # also time the data loader on this --data (real decoding)
+    workers: int = 8
 
 
 class _Synthetic(Dataset):
@@ -248,10 +250,38 @@ def bench(b: BenchConfig) -> dict[str, Any]:
             result["target_seconds_per_step"] = _target_share(mim_trainer, images)
             result["target_share_of_mim_step"] = (result["target_seconds_per_step"]
                                                   / step["trainer+mim"])
+        if b.data:
+            result["loader"] = loader_throughput(b)
         if peak:
             result["peak_tflops"] = peak
             result["mfu"] = {k: v / peak for k, v in result["achieved_tflops"].items()}
         return result
+
+
+def loader_throughput(b: BenchConfig, batches: int = 20) -> dict[str, Any]:
+    """Images/s the training data loader delivers on ``b.data`` (decode + augmentation,
+    ``b.workers`` workers, pinned memory on CUDA), after one warm-up batch."""
+    from supmim.engine.trainer import build_run_data
+    cfg = run_config(BenchConfig(**{**asdict(b), "target": "none"}), None)
+    cfg.data.data = b.data
+    data = build_run_data(cfg)
+    from supmim.data import EpochSampler
+    sampler = EpochSampler(len(data.train), seed=0)
+    loader = DataLoader(data.train, batch_size=b.batch, sampler=sampler, drop_last=True,
+                        num_workers=b.workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=b.workers > 0)
+    it = iter(loader)
+    next(it)
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            images, *_ = next(it)
+        except StopIteration:
+            break
+        n += len(images)
+    seconds = time.perf_counter() - start
+    return {"data": b.data, "workers": b.workers, "images": n,
+            "images_per_s": n / max(seconds, 1e-9)}
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -271,6 +301,11 @@ def format_result(r: dict[str, Any]) -> str:
     if "ratio_mim_over_sup_step_time" in r:
         lines.append(f"  MIM / supervised step time: {r['ratio_mim_over_sup_step_time']:.3f} "
                      f"(target {100 * r['target_share_of_mim_step']:.1f}% of the MIM step)")
+    if r.get("loader"):
+        lo = r["loader"]
+        lines.append(f"  data loader: {lo['images_per_s']:.0f} img/s with {lo['workers']} "
+                     f"workers on {lo['data']} (the MIM step needs "
+                     f"{r['images_per_s'].get('trainer+mim', r['images_per_s']['trainer']):.0f})")
     if r.get("peak_memory_bytes"):
         lines.append("  peak memory: " + ", ".join(f"{k} {v / 2**30:.2f} GiB"
                                                    for k, v in r["peak_memory_bytes"].items()))

@@ -185,7 +185,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                     target=args.target, mask_ratio=args.mask_ratio,
                     decoder_depth=args.decoder_depth, device=args.device, amp=args.amp,
-                    compile=args.compile, threads=args.threads, peak_tflops=args.peak_tflops)
+                    compile=args.compile, threads=args.threads, peak_tflops=args.peak_tflops,
+                    data=args.data, workers=args.workers)
     result = bench(b)
     print(format_result(result))
     if args.out:
@@ -310,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--peak-tflops", type=float,
                    help="the device's peak (for the FLOPs utilisation) if not in the built-in table")
+    p.add_argument("--data", help="also time the training data loader on this --data")
+    p.add_argument("--workers", type=int, default=8, help="data-loader workers for --data")
     p.add_argument("--out", help="write the result JSON here")
     p.set_defaults(func=cmd_bench)
 

@@ -22,10 +22,14 @@ def test_bench_reports_all_three_loops(tmp_path):
     assert "MIM / supervised step time" in format_result(r)
 
 
-def test_bench_cli_writes_json_with_a_vq_tokenizer(tmp_path):
+def test_bench_cli_writes_json_with_a_vq_tokenizer_and_the_loader(tmp_path):
+    from tests._fixtures import make_image_folder
+    data = make_image_folder(tmp_path / "data")
     out = tmp_path / "bench.json"
     assert main(["bench", "--img-size", "16", "--patch-size", "4", "--batch", "4", "--steps",
                  "1", "--warmup", "1", "--rounds", "1", "--threads", "1", "--out", str(out),
-                 "--model", "vit_tiny_patch16_224"]) == 0
+                 "--model", "vit_tiny_patch16_224", "--data", str(data), "--workers", "0"]) == 0
     r = json.loads(out.read_text())
     assert r["config"]["target"] == "vq" and r["ratio_mim_over_sup_step_time"] > 0
+    # 65 training images after the 10% validation split: 16 batches of 4, one to warm up
+    assert r["loader"]["images"] == 60 and r["loader"]["images_per_s"] > 0
