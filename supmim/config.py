@@ -52,6 +52,7 @@ class MimConfig:
     label_smoothing: float = 0.0  # on the token cross-entropy
     norm_pix: bool = True  # pixel target: normalise each patch by its mean and std (MAE)
     tokenizer_steps: int = 4000  # steps (batch 32) when tokenizer is "auto"
+    passes: int = 2  # 2: classifier on the clean image (the paper); 1: on the masked one (SupMAE)
 
 
 @dataclass
@@ -126,6 +127,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "mim.target": ("vq", "pixel", "hog"),
     "mim.masking": ("random", "block"),
     "mim.mode": ("drop", "mask_token"),
+    "mim.passes": (1, 2),
     "data.crop": ("pad", "rrc", "none"),
     "data.interpolation": ("bilinear", "bicubic", "nearest"),
     "train.amp": ("auto", "bf16", "off"),
@@ -344,7 +346,7 @@ def validate(cfg: RunConfig) -> None:
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _check(value in choices, key, f"is {value!r}; choose one of {', '.join(choices)}")
+        _check(value in choices, key, f"is {value!r}; choose one of {', '.join(map(str, choices))}")
     m, k, d, t = cfg.model, cfg.mim, cfg.data, cfg.train
     _check(m.img_size > 0, "model.img_size", "must be positive")
     _check(m.patch_size > 0 and m.img_size % m.patch_size == 0, "model.patch_size",

@@ -160,3 +160,23 @@ def test_non_vit_model_is_refused():
         create_vit(ModelConfig(name="resnet18", img_size=32, patch_size=4), 10)
     with pytest.raises(ConfigError, match="not a timm model"):
         create_vit(ModelConfig(name="vit_nonexistent_model"), 10)
+
+
+def test_one_pass_classifies_the_masked_image_only():
+    """mim.passes=1 (SupMAE-style): hidden patches reach neither the logits nor the MIM
+    prediction; with two passes the logits do see them."""
+    model = make_model("drop")
+    images, labels, mask = batch()
+    noise = torch.randn_like(images) * _patchwise(mask)
+    model.mim.passes = 1
+    with torch.no_grad():
+        a = model(images, labels, mask)
+        b = model(images + noise, labels, mask)
+    assert torch.allclose(a.logits, b.logits, atol=1e-6)
+    z = forward_masked(model.encoder, images, mask, None)
+    assert torch.allclose(a.logits, model.encoder.forward_head(z), atol=1e-6)
+    model.mim.passes = 2
+    with torch.no_grad():
+        c = model(images, labels, mask)
+        d = model(images + noise, labels, mask)
+    assert not torch.allclose(c.logits, d.logits, atol=1e-3)

@@ -117,6 +117,8 @@ class SupMimModel(nn.Module):
     def forward(self, images: Tensor, labels: Tensor, mask: Tensor | None = None,
                 mim_seed: int = 0) -> StepOutput:
         """images (B,C,H,W) normalised; labels (B,) ids or (B,K) soft; mask (B,N) bool."""
+        if self.mim is not None and mask is not None and self.mim.passes == 1:
+            return self._one_pass(images, labels, mask)
         logits = self.encoder(images)
         loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         if self.mim is None or mask is None:
@@ -128,6 +130,19 @@ class SupMimModel(nn.Module):
         loss = loss_cls + self.mim.weight * loss_mim
         return StepOutput(loss=loss, loss_cls=loss_cls, logits=logits, loss_mim=loss_mim,
                           mim_acc=acc)
+
+    def _one_pass(self, images: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+        """SupMAE-style: one encoder pass over the masked image feeds both the classifier
+        (pooling the visible tokens) and the decoder; cheaper, but the classifier never sees
+        a whole image in training."""
+        assert self.mim is not None and self.decoder is not None
+        z = forward_masked(self.encoder, images, mask, self.mask_token)
+        logits = self.encoder.forward_head(z)
+        loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        pred = self.decoder(z, mask, dropped=self.mask_token is None)
+        loss_mim, acc = self._mim_loss_of(pred, self.mim_targets(images), mask)
+        return StepOutput(loss=loss_cls + self.mim.weight * loss_mim, loss_cls=loss_cls,
+                          logits=logits, loss_mim=loss_mim, mim_acc=acc)
 
     def mim_targets(self, images: Tensor) -> Tensor:
         """Frozen targets in float32 outside autocast: (B,N) ids or (B,N,D) values."""
@@ -145,7 +160,13 @@ class SupMimModel(nn.Module):
         """Loss on hidden positions only, and token accuracy there (None for regression)."""
         assert self.mim is not None and self.target is not None
         target = self.mim_targets(images)
-        pred = self.mim_predict(images, mask)[mask].float()  # (M, out_dim), M = hidden patches
+        return self._mim_loss_of(self.mim_predict(images, mask), target, mask)
+
+    def _mim_loss_of(self, pred: Tensor, target: Tensor, mask: Tensor
+                     ) -> tuple[Tensor, Tensor | None]:
+        """pred (B,N,out_dim), target (B,N) ids or (B,N,D), mask (B,N): loss where hidden."""
+        assert self.mim is not None and self.target is not None
+        pred = pred[mask].float()  # (M, out_dim), M = hidden patches
         if self.target.kind == "tokens":
             ids = target[mask]
             loss = F.cross_entropy(pred, ids, label_smoothing=self.mim.label_smoothing)
