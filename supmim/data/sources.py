@@ -33,6 +33,7 @@ __all__ = [
     "FolderDataset",
     "IMAGE_EXTENSIONS",
     "cache_root",
+    "extract_archive",
     "labels_of",
     "read_idx",
     "resolve_data",
@@ -333,7 +334,7 @@ def _archive_name(path: Path) -> str | None:
     return None
 
 
-def _extract_archive(path: Path, cache_dir: str | None) -> Path:
+def extract_archive(path: Path, cache_dir: str | None) -> Path:
     """Extract ``path`` once into the cache and return the folder; reuse it afterwards.
 
     The folder name hashes (absolute path, size, mtime), so an edited archive gets a fresh
@@ -528,7 +529,7 @@ def resolve_data(
     if path.is_file():
         if _archive_name(path) is None:
             raise DataError(f"--data {spec!r} is a file but not a .tar/.tar.gz/.tgz archive.\n" + ACCEPTED_FORMS)
-        extracted = _extract_archive(path, cache_dir)
+        extracted = extract_archive(path, cache_dir)
         return _load_folder(extracted, str(path.resolve()), "archive")
     if path.exists():
         raise DataError(f"--data {spec!r} is neither a folder nor a regular file.\n" + ACCEPTED_FORMS)

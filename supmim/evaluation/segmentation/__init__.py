@@ -1,0 +1,1 @@
+"""Semantic segmentation on an encoder's patch features: data layouts, heads, training, mIoU."""
