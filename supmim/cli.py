@@ -170,6 +170,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from supmim.studies import SIZES, study
+    from supmim.sweep import parse_grid, sweep
+    grid_items = list(args.grid)
+    if args.study:
+        spec = study(args.study)
+        grid_items = spec["grid"] + grid_items
+        args.overrides = SIZES[args.size] + spec["set"] + args.overrides
+    if not grid_items:
+        raise SupmimError("sweep: give at least one --grid key=v1,v2 (or --study NAME)")
+    cfg = _config_from(args)
+    sweep(cfg, args.out, parse_grid(grid_items), args.seeds, baseline=not args.no_baseline,
+          knn=not args.no_knn, progress=not args.quiet)
+    print(Path(args.out, "sweep.md").read_text())
+    return 0
+
+
 def cmd_data_pack(args: argparse.Namespace) -> int:
     from supmim.data.shards import pack
     result = pack(args.data, args.out, shard_size=args.shard_size, progress=not args.quiet,
@@ -281,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="a grid of config values over seeds, one shared recipe")
+    _add_config_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a swept key and its values (repeatable: the cartesian product runs)")
+    p.add_argument("--study", help="a named study of the paper (see supmim.studies)")
+    p.add_argument("--size", choices=("cpu", "gpu"), default="cpu",
+                   help="the study's size (epochs, workers)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--no-baseline", action="store_true",
+                   help="no supervised baseline arm (deltas are then not reported)")
+    p.add_argument("--no-knn", action="store_true", help="skip the kNN evaluation of each arm")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("data", help="data commands")
     dsub = p.add_subparsers(dest="data_command", required=True)
