@@ -180,3 +180,22 @@ def test_one_pass_classifies_the_masked_image_only():
         c = model(images, labels, mask)
         d = model(images + noise, labels, mask)
     assert not torch.allclose(c.logits, d.logits, atol=1e-3)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    a, b = make_model("drop"), make_model("drop")
+    b.encoder.set_grad_checkpointing(True)
+    images, labels, mask = batch()
+    outs, calls = [], []
+    for model in (a, b):
+        model.train()
+        count = [0]
+        model.encoder.blocks[0].register_forward_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
+        out = model(images, labels, mask)
+        out.loss.backward()
+        outs.append((out.loss.detach(), model.encoder.blocks[0].attn.qkv.weight.grad.clone()))
+        calls.append(count[0])
+    # clean + masked pass; with checkpointing both are recomputed in backward
+    assert calls == [2, 4]
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-6)

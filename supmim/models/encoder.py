@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
@@ -76,5 +77,8 @@ def forward_masked(vit: VisionTransformer, images: Tensor, mask: Tensor,
         idx = visible_indices(mask).unsqueeze(-1).expand(-1, -1, x.shape[-1])
         x = torch.cat([x[:, :prefix], torch.gather(x[:, prefix:], 1, idx)], dim=1)
     x = vit.norm_pre(x)
-    x = vit.blocks(x)
+    if vit.grad_checkpointing and torch.is_grad_enabled():
+        x = checkpoint_seq(vit.blocks, x)  # the masked pass saves memory like the clean one
+    else:
+        x = vit.blocks(x)
     return vit.norm(x)
