@@ -1,8 +1,11 @@
 """Tokenizers for a run: pick the downsampling factor that matches the ViT patch grid, build
-the datasets the tokenizer trains on, and train it (``supmim tokenizer train``)."""
+the datasets the tokenizer trains on, train it (``supmim tokenizer train``), measure any
+tokenizer on a run's data (``supmim tokenizer eval``), and import public VQGAN checkpoints
+(``supmim tokenizer import``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,9 @@ from supmim.config import RunConfig
 from supmim.data import ImageDataset, labels_of, resolve_data
 from supmim.engine.trainer import split_indices
 from supmim.errors import ConfigError
-from supmim.targets.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+from supmim.targets.tokenizer_train import (TokenizerTrainConfig, evaluate_tokenizer,
+                                            train_tokenizer)
+from supmim.targets.tokenizers import load_tokenizer
 from supmim.targets.vq import TokenizerConfig
 
 FACTORS = (2, 4, 8, 16)
@@ -59,13 +64,61 @@ def tokenizer_datasets(cfg: RunConfig, size: int) -> tuple[ImageDataset, ImageDa
 def train_tokenizer_for_run(cfg: RunConfig, out_dir: str | Path, *, steps: int = 4000,
                             factor: int | None = None, codebook_size: int = 512,
                             batch_size: int = 32, progress: bool = True,
+                            train_overrides: dict[str, Any] | None = None,
                             **model_overrides: Any) -> dict[str, Any]:
-    """Train a VQ tokenizer on a run's training images; returns its validation summary."""
+    """Train a VQ tokenizer on a run's training images; returns its validation summary.
+
+    ``train_overrides``: extra :class:`TokenizerTrainConfig` fields (e.g. ``lr``,
+    ``disc_weight``); ``model_overrides``: extra :class:`TokenizerConfig` fields."""
     factor, size = grid_plan(cfg, factor)
     train, val = tokenizer_datasets(cfg, size)
     model_cfg = TokenizerConfig(in_chans=cfg.model.in_chans, factor=factor,
                                 codebook_size=codebook_size, img_size=size, **model_overrides)
     train_cfg = TokenizerTrainConfig(steps=steps, batch_size=min(batch_size, len(train)),
-                                     seed=cfg.train.seed, device=cfg.train.device)
+                                     seed=cfg.train.seed, device=cfg.train.device,
+                                     **(train_overrides or {}))
     return train_tokenizer(model_cfg, train_cfg, train, val, out_dir, progress=progress,
                            num_workers=cfg.data.num_workers)
+
+
+def evaluate_tokenizer_for_run(cfg: RunConfig, tokenizer: str | Path, *,
+                               split: str = "val", max_batches: int | None = None,
+                               batch_size: int = 64) -> dict[str, Any]:
+    """PSNR, codebook usage and perplexity of any saved tokenizer on a run's images, seen as
+    the MIM target sees them: resized so the token grid equals the ViT's patch grid.
+
+    ``split``: "val" (the run's validation split, else test), "test" or "train" (no flip)."""
+    import torch
+
+    tok = load_tokenizer(tokenizer)
+    if tok.in_chans != cfg.model.in_chans:
+        raise ConfigError(f"the tokenizer takes {tok.in_chans}-channel images, the config's "
+                          f"model {cfg.model.in_chans}: pass the matching --preset")
+    size = (cfg.model.img_size // cfg.model.patch_size) * tok.factor
+    train, val = tokenizer_datasets(cfg, size)
+    eval_tf = val.transform  # type: ignore[attr-defined]
+    if split == "train":
+        train.transform = eval_tf  # type: ignore[attr-defined]
+        data = train
+    elif split == "test":
+        d = cfg.data
+        src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
+        if src.test is None:
+            raise ConfigError(f"'{d.data}' has no test split: use --split val")
+        data = ImageDataset(src.test, eval_tf, cfg.model.in_chans)
+    else:
+        data = val
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu"
+                          else "cpu")
+    tok.to(device)
+    result: dict[str, Any] = evaluate_tokenizer(tok, data, batch_size=batch_size,
+                                                max_batches=max_batches,
+                                                num_workers=cfg.data.num_workers)
+    result.update({"kind": tok.kind, "factor": tok.factor, "codebook_size": tok.codebook_size,
+                   "image_size": size, "split": split, "images": len(data)})
+    return result
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -85,6 +85,7 @@ def test_run_directory_is_complete(tmp_path):
     assert (run / "checkpoints" / "epoch_0002" / "ema.safetensors").is_file()
     assert 0 <= summary["test"]["top1"] <= 100 and summary["test"]["n"] == 24
     assert "test_ema" in summary
+    assert summary["mim_grid"] == "mim_grid.png" and (run / "mim_grid.png").stat().st_size > 0
     state = torch.load(run / "checkpoints" / "epoch_0002" / "state.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == summary["steps"]
 

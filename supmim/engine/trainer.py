@@ -742,8 +742,24 @@ class Trainer:
                                                self.dtype)
         summary["test_split"] = self.data.test_split
         if dist.is_main():
+            summary["mim_grid"] = self._save_grid()
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+    def _save_grid(self) -> str | None:
+        """RUN/mim_grid.png: validation images, masked inputs, MIM predictions and the
+        tokenizer's reconstructions. A picture that cannot be drawn never fails a finished
+        run: the reason is printed and the summary says null."""
+        if self.model.mim is None or self.fsdp or self.data.eval is None:
+            return None
+        from supmim.visualize import save_run_grid
+        try:
+            path = save_run_grid(self.model, self.data.eval, self.out / "mim_grid.png",
+                                 seed=self.cfg.train.seed)
+        except Exception as err:  # noqa: BLE001 - see docstring
+            print(f"supmim: note: could not draw the MIM grid ({type(err).__name__}: {err})")
+            return None
+        return Path(path).name
 
 
 def _fmt_seconds(seconds: float) -> str:

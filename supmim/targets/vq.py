@@ -6,9 +6,7 @@ entry of an EMA codebook -> decoder -> images. The token ids are the MIM targets
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,12 +17,11 @@ from torch import Tensor, nn
 
 from supmim.errors import CheckpointError, ConfigError
 
-FORMAT = "supmim.vq_tokenizer"
-FORMAT_VERSION = 1
-WEIGHTS_NAME = "tokenizer.safetensors"
-CONFIG_NAME = "tokenizer.json"
+from supmim.targets.tokenizer_files import (CONFIG_NAME, DEFAULT_KIND, FORMAT,  # noqa: F401
+                                            FORMAT_VERSION, HOW_TO_MAKE, WEIGHTS_NAME,
+                                            read_meta, read_weights, write_tokenizer)
+
 FACTORS = (2, 4, 8, 16)
-HOW_TO_MAKE = "make one with `supmim tokenizer train --data D --out T` and pass `--tokenizer T`"
 
 
 @dataclass
@@ -162,8 +159,11 @@ class EMAQuantizer(nn.Module):
         self.restarts = 0  # codes re-seeded so far (for logging)
 
     def nearest(self, z: Tensor) -> Tensor:
-        """(M, D) L2-normalised vectors -> (M,) int64 ids of the closest codes."""
-        return (z @ self.embed.t()).argmax(dim=1)
+        """(M, D) L2-normalised vectors -> (M,) int64 ids of the closest codes.
+
+        Always float32 and outside autocast: in bf16 near-ties between codes would flip ids."""
+        with torch.autocast(z.device.type, enabled=False):
+            return (z.float() @ self.embed.float().t()).argmax(dim=1)
 
     @torch.no_grad()
     def _init(self, z: Tensor) -> None:
@@ -277,57 +277,26 @@ class VQTokenizer(nn.Module):
 
     # ----------------------------------------------------------------- persistence
 
-    def save(self, out_dir: str | Path) -> None:
-        """Write ``out_dir/tokenizer.safetensors`` and ``out_dir/tokenizer.json`` (config and
-        metadata), each through a temporary file and a rename so a crash leaves no torn file."""
-        from safetensors.torch import save_file
+    kind = DEFAULT_KIND
+    input_range = (0.0, 1.0)  # what encode() takes; the net itself sees [-1, 1]
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": asdict(self.config),
-                "metadata": self.metadata}
-        # A name of our own (not mkstemp, which makes 0600 files) in the same folder, so the
-        # rename is atomic and the files get the usual permissions.
-        tmp = out / f".tokenizer.{os.getpid()}.tmp"
-        try:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT})
-            os.replace(tmp, out / WEIGHTS_NAME)
-            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp, out / CONFIG_NAME)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def save(self, out_dir: str | Path) -> None:
+        """Write ``out_dir/tokenizer.safetensors`` and ``out_dir/tokenizer.json`` (config,
+        metadata and the weights' sha256), each through a temporary file and a rename."""
+        write_tokenizer(out_dir, self.state_dict(), kind=self.kind, config=asdict(self.config),
+                        metadata=self.metadata)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> VQTokenizer:
         """Load a tokenizer from its directory, or from its ``.safetensors`` file with the
         ``tokenizer.json`` beside it. Reads safetensors only (never pickle). CheckpointError
         when files are missing or unreadable or the weights do not fit the config."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        p = Path(path)
-        if p.suffix == ".json" and p.is_file():  # the config file names its folder too
-            p = p.parent
-        if p.is_dir():
-            weights, meta_path = p / WEIGHTS_NAME, p / CONFIG_NAME
-        else:
-            weights = p
-            meta_path = p.with_suffix(".json")
-            if not meta_path.is_file():
-                meta_path = p.with_name(CONFIG_NAME)
-        if not weights.is_file():
-            raise CheckpointError(f"no tokenizer weights at {weights}: {HOW_TO_MAKE}")
-        if weights.suffix != ".safetensors":
-            raise CheckpointError(f"tokenizer weights must be a .safetensors file, got {weights}: "
-                                  f"pass the tokenizer directory or its {WEIGHTS_NAME}")
-        if not meta_path.is_file():
-            raise CheckpointError(f"no {CONFIG_NAME} next to {weights}: keep the two files "
-                                  f"that `supmim tokenizer train` writes together")
+        meta, weights, meta_path = read_meta(path)
+        if meta["kind"] != cls.kind:
+            raise CheckpointError(f"{meta_path} holds a {meta['kind']!r} tokenizer, not a "
+                                  f"{cls.kind!r} one: load it with "
+                                  f"supmim.targets.load_tokenizer")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
             known = {f.name for f in fields(TokenizerConfig)}
             unknown = set(meta["config"]) - known
             if unknown:
@@ -337,12 +306,7 @@ class VQTokenizer(nn.Module):
         except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as e:
             raise CheckpointError(f"unreadable tokenizer config {meta_path}: {e}; "
                                   f"re-save or retrain the tokenizer") from e
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"unreadable tokenizer weights {weights}: {e}; "
-                                  f"the file is damaged or not a safetensors file, retrain "
-                                  f"or copy it again") from e
+        state = read_weights(weights, meta, meta_path, map_location)
         model = cls(config)
         try:
             model.load_state_dict(state, strict=True)
@@ -350,4 +314,5 @@ class VQTokenizer(nn.Module):
             raise CheckpointError(f"tokenizer weights {weights} do not match its config "
                                   f"{meta_path}: {e}") from e
         model.metadata = dict(meta.get("metadata") or {})
+        model.weights_sha256 = meta.get("weights_sha256")  # identifies it (e.g. token caches)
         return model.to(map_location).eval()

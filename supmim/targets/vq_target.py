@@ -2,38 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from supmim.errors import ConfigError
 from supmim.targets.base import MimTarget
-from supmim.targets.vq import VQTokenizer
 
 # Largest resize between the ViT's images and the tokenizer's input (either way) we accept:
 # beyond it each token would describe a patch at a wildly different scale than it was trained on.
 MAX_SCALE = 8.0
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class VQTarget(MimTarget):
-    """Token ids (B, N) int64 in [0, codebook_size) from a frozen :class:`VQTokenizer`.
+    """Token ids (B, N) int64 in [0, codebook_size) from a frozen tokenizer.
 
+    ``tokenizer`` is anything with the :class:`~supmim.targets.tokenizers.Tokenizer`
+    interface: the small trained :class:`~supmim.targets.vq.VQTokenizer` or an imported
+    :class:`~supmim.targets.vqgan.VQGAN` (each maps [0, 1] images to its own input range).
     The tokenizer downsamples by ``factor`` and the ViT by ``patch_size``, so images are
     resized (bilinear, antialiased) to ``grid * factor`` pixels first: then the tokenizer's
     (gh, gw) token grid is the ViT's patch grid and token k belongs to patch k.
+
+    ``precision``: "fp32", "bf16" (the tokenizer's convolutions under bf16 autocast; the
+    nearest-code search stays float32), or "auto" = bf16 on CUDA, fp32 elsewhere.
     """
 
     kind = "tokens"
 
-    def __init__(self, tokenizer: VQTokenizer, *, img_size: int | tuple[int, int], patch_size: int,
-                 in_chans: int = 3) -> None:
+    def __init__(self, tokenizer: nn.Module, *, img_size: int | tuple[int, int], patch_size: int,
+                 in_chans: int = 3, precision: str = "auto") -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans)
+        for attr in ("encode", "decode", "factor", "codebook_size", "in_chans"):
+            if not hasattr(tokenizer, attr):
+                raise ConfigError(f"{type(tokenizer).__name__} is not a tokenizer: it has no "
+                                  f"'{attr}' (see supmim.targets.tokenizers.Tokenizer)")
         if tokenizer.in_chans != in_chans:
             raise ConfigError(
                 f"the tokenizer takes {tokenizer.in_chans}-channel images but the model has "
                 f"in_chans={in_chans}: train a tokenizer on the same images")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"tokenizer precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.tokenizer = tokenizer.eval().requires_grad_(False)
-        self.out_dim = tokenizer.codebook_size
+        self.out_dim = int(tokenizer.codebook_size)
         gh, gw = self.grid
         self.tokenizer_size = (gh * tokenizer.factor, gw * tokenizer.factor)
         scale = tokenizer.factor / patch_size
@@ -46,7 +61,8 @@ class VQTarget(MimTarget):
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, patch_size={self.patch_size}, "
-                f"tokenizer_size={self.tokenizer_size}, codebook={self.out_dim}")
+                f"tokenizer_size={self.tokenizer_size}, codebook={self.out_dim}, "
+                f"precision={self.precision!r}")
 
     def _resize(self, images: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(images.shape[-2:]) == size:
@@ -54,9 +70,20 @@ class VQTarget(MimTarget):
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False,
                              antialias=True).clamp(0.0, 1.0)
 
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
+        if not bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
     def compute(self, images: Tensor) -> Tensor:
-        ids = self.tokenizer.encode(self._resize(images, self.tokenizer_size))  # (B, gh, gw)
-        return ids.flatten(1)  # row-major, the ViT's patch order
+        x = self._resize(images, self.tokenizer_size)
+        # inference_mode: no autograd bookkeeping at all for the frozen tokenizer. Its
+        # outputs cannot be saved for backward, so the ids are cloned outside it (a normal
+        # tensor the cross-entropy may keep).
+        with torch.inference_mode(), self._autocast(x.device):
+            ids = self.tokenizer.encode(x)  # (B, gh, gw)
+        return ids.flatten(1).clone()  # row-major, the ViT's patch order
 
     def decode(self, pred: Tensor, *, reference: Tensor | None = None) -> Tensor | None:
         """pred (B, N) ids or (B, N, codebook_size) logits -> (B, C, H, W) in [0, 1], the
