@@ -114,3 +114,35 @@ def read_weights(weights: Path, meta: dict[str, Any], meta_path: Path,
                               f"{meta_path}: the copy is damaged or the two files come from "
                               f"different tokenizers; copy the whole tokenizer folder again")
     return state
+
+
+def parse_config(config_cls: type, meta: dict[str, Any], meta_path: Path, fix: str) -> Any:
+    """``config_cls(**meta["config"])``, validated; unknown keys, wrong types and invalid
+    values become a CheckpointError naming the file and ``fix``."""
+    from dataclasses import fields
+
+    from supmim.errors import ConfigError
+    try:
+        unknown = set(meta["config"]) - {f.name for f in fields(config_cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        config = config_cls(**meta["config"])
+        config.validate()
+    except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as e:
+        raise CheckpointError(f"unreadable tokenizer config {meta_path}: {e}; {fix}") from e
+    return config
+
+
+def load_into(model: torch.nn.Module, weights: Path, meta: dict[str, Any], meta_path: Path,
+              map_location: str | torch.device) -> torch.nn.Module:
+    """Load the folder's weights into ``model`` (strictly), attach its metadata and weights
+    sha256 (which identifies it, e.g. for token caches); the model, moved and in eval mode."""
+    state = read_weights(weights, meta, meta_path, map_location)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"tokenizer weights {weights} do not match its config "
+                              f"{meta_path}: {e}") from e
+    model.metadata = dict(meta.get("metadata") or {})
+    model.weights_sha256 = meta.get("weights_sha256")
+    return model.to(map_location).eval()

@@ -7,7 +7,7 @@ entry of an EMA codebook -> decoder -> images. The token ids are the MIM targets
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from supmim.errors import CheckpointError, ConfigError
 
 from supmim.targets.tokenizer_files import (CONFIG_NAME, DEFAULT_KIND, FORMAT,  # noqa: F401
                                             FORMAT_VERSION, HOW_TO_MAKE, WEIGHTS_NAME,
-                                            read_meta, read_weights, write_tokenizer)
+                                            load_into, parse_config, read_meta, read_weights,
+                                            write_tokenizer)
 
 FACTORS = (2, 4, 8, 16)
 
@@ -296,23 +297,5 @@ class VQTokenizer(nn.Module):
             raise CheckpointError(f"{meta_path} holds a {meta['kind']!r} tokenizer, not a "
                                   f"{cls.kind!r} one: load it with "
                                   f"supmim.targets.load_tokenizer")
-        try:
-            known = {f.name for f in fields(TokenizerConfig)}
-            unknown = set(meta["config"]) - known
-            if unknown:
-                raise ValueError(f"unknown config keys {sorted(unknown)}")
-            config = TokenizerConfig(**meta["config"])
-            config.validate()
-        except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as e:
-            raise CheckpointError(f"unreadable tokenizer config {meta_path}: {e}; "
-                                  f"re-save or retrain the tokenizer") from e
-        state = read_weights(weights, meta, meta_path, map_location)
-        model = cls(config)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"tokenizer weights {weights} do not match its config "
-                                  f"{meta_path}: {e}") from e
-        model.metadata = dict(meta.get("metadata") or {})
-        model.weights_sha256 = meta.get("weights_sha256")  # identifies it (e.g. token caches)
-        return model.to(map_location).eval()
+        config = parse_config(TokenizerConfig, meta, meta_path, "re-save or retrain the tokenizer")
+        return load_into(cls(config), weights, meta, meta_path, map_location)

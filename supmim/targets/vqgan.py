@@ -31,7 +31,7 @@ onto them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supmim.errors import CheckpointError, ConfigError
-from supmim.targets.tokenizer_files import read_meta, read_weights, write_tokenizer
+from supmim.targets.tokenizer_files import load_into, parse_config, read_meta, write_tokenizer
 
 ARCHS = ("maskgit", "taming")
 GN_EPS = 1e-6  # flax.linen.GroupNorm's default and taming's Normalize()
@@ -408,25 +408,9 @@ class VQGAN(nn.Module):
         if meta["kind"] not in {f"vqgan-{a}" for a in ARCHS}:
             raise CheckpointError(f"{meta_path} holds a {meta['kind']!r} tokenizer, not a VQGAN: "
                                   f"load it with supmim.targets.load_tokenizer")
-        try:
-            known = {f.name for f in fields(VQGANConfig)}
-            unknown = set(meta["config"]) - known
-            if unknown:
-                raise ValueError(f"unknown config keys {sorted(unknown)}")
-            config = VQGANConfig(**meta["config"])
-            config.validate()
-            if f"vqgan-{config.arch}" != meta["kind"]:
-                raise ValueError(f"kind {meta['kind']!r} disagrees with arch {config.arch!r}")
-        except (ValueError, TypeError, ConfigError) as e:
-            raise CheckpointError(f"unreadable tokenizer config {meta_path}: {e}; "
-                                  f"import the checkpoint again") from e
-        state = read_weights(weights, meta, meta_path, map_location)
-        model = cls(config)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"tokenizer weights {weights} do not match its config "
-                                  f"{meta_path}: {e}") from e
-        model.metadata = dict(meta.get("metadata") or {})
-        model.weights_sha256 = meta.get("weights_sha256")  # identifies it (e.g. token caches)
-        return model.to(map_location).eval()
+        config = parse_config(VQGANConfig, meta, meta_path, "import the checkpoint again")
+        if f"vqgan-{config.arch}" != meta["kind"]:
+            raise CheckpointError(f"unreadable tokenizer config {meta_path}: kind "
+                                  f"{meta['kind']!r} disagrees with arch {config.arch!r}; "
+                                  "import the checkpoint again")
+        return load_into(cls(config), weights, meta, meta_path, map_location)
