@@ -183,10 +183,6 @@ class MetricsLog:
                 fh.write(json.dumps(record) + "\n")
 
 
-def seed_everything(seed: int) -> None:
-    seed_all(seed)
-
-
 def _quiet_worker(_: int) -> None:
     """Data-loader workers leave SIGINT/SIGTERM to the main process, which checkpoints and
     then shuts them down; otherwise a Ctrl-C kills them mid-batch and the save fails."""
@@ -266,7 +262,7 @@ class Trainer:
         target = self._build_target()
         # Seed right before the encoder is built: its initialisation is identical with and
         # without MIM (the target, built above, may consume random numbers).
-        seed_everything(cfg.train.seed)
+        seed_all(cfg.train.seed)
         vit = create_vit(cfg.model, num_classes=len(self.data.classes))
         self.init_report = None
         if cfg.train.init_from and not self.resume:  # a resumed run has its own weights
@@ -403,10 +399,13 @@ class Trainer:
         """Checkpoint after epoch ``epoch`` (0-based), or inside it after ``mid_epoch`` of
         its steps; returns the folder written (main process) or None."""
         done = mid_epoch is None
-        weights, optim = self._full_states()
+        if self.fsdp:  # gathering sharded state is collective: every process takes part
+            weights, optim = self._full_states()
         if not dist.is_main():
             dist.barrier()  # wait until the main process has written it
             return None
+        if not self.fsdp:
+            weights, optim = self._full_states()
         state = {"epoch": epoch + 1 if done else epoch, "step": self.step,
                  "step_in_epoch": 0 if done else mid_epoch,
                  "epoch_acc": self._new_accumulator() if done else self.acc,
