@@ -49,6 +49,8 @@ ACCEPTED_FORMS = (
     "  - a folder containing train/ and val/ (or test/), each with one sub-folder per class\n"
     "    holding images (" + " ".join(IMAGE_EXTENSIONS) + ");\n"
     "  - a .tar, .tar.gz or .tgz archive of such a folder (it may sit under one top-level folder);\n"
+    "  - the Tiny ImageNet layout (wnids.txt, train/<wnid>/images/*.JPEG, val/images/ +\n"
+    "    val/val_annotations.txt), as a folder or such an archive: classes = sorted wnids, test split = val;\n"
     "  - a folder of WebDataset shards written by `supmim data pack`;\n"
     "  - a Hugging Face dataset saved with save_to_disk (Image + ClassLabel columns);\n"
     "  - fashion-mnist  (apt-get install dataset-fashion-mnist, or --data-root with the four IDX .gz files);\n"
@@ -295,6 +297,12 @@ def _load_folder(top: Path, name: str, what: str) -> DataSource:
             f"{what} {name} has no train/ folder (looked in it and in its sub-folders); "
             "lay it out as train/<class>/*.jpg plus val/<class>/ or test/<class>/.\n" + ACCEPTED_FORMS
         )
+    from supmim.data.tiny_imagenet import is_tiny_imagenet, load_tiny_imagenet
+    if is_tiny_imagenet(root):
+        train_ds, test_ds, split_name, wnids = load_tiny_imagenet(root)
+        size, grey = _probe(train_ds.paths)
+        mean, std = GREY_STATS
+        return DataSource(name, train_ds, test_ds, split_name, wnids, mean, std, size, grey)
     train_dir = root / "train"
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and _visible(d))
     if not classes:

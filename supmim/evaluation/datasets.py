@@ -7,7 +7,8 @@ also:
 - a folder (or archive) of class folders with no ``train/``: one split, named ``all``
   (``test`` means the same); the layout of ImageNet-A / -R / -Sketch / -V2;
 - the Tiny ImageNet layout (``wnids.txt``, ``train/<wnid>/images/``, ``val/images`` +
-  ``val/val_annotations.txt``): splits ``train`` and ``val`` (``test`` means ``val``);
+  ``val/val_annotations.txt``): splits ``train`` and ``val`` (``test`` means ``val``); it is
+  ``resolve_data``'s, parsed by :mod:`supmim.data.tiny_imagenet`;
 - a ``.npz`` of uint8 images: ``x`` (N, H, W) or (N, H, W, 3) with labels in ``y``,
   ``labels``, ``label`` or ``identity`` (one split, ``all``), or per-split ``x_<split>`` +
   ``y_<split>``; class names from ``classes`` / ``breeds`` / ``names`` when they fit.
@@ -116,8 +117,6 @@ def _single_child(folder: Path) -> Path:
 
 def _folder_split(folder: Path, split: str, tag: str, source: str) -> EvalSplit:
     root = _single_child(folder)
-    if (root / "wnids.txt").is_file() and (root / "val" / "val_annotations.txt").is_file():
-        return _tiny_imagenet_split(root, split, tag, source)
     if (root / "train").is_dir() or (folder / "train").is_dir():
         result = _from_source(str(folder), split, tag, None, False, None)
         result.source = source  # the archive, not its extracted copy in the cache
@@ -147,33 +146,6 @@ def _scan_class_folders(root: Path, classes: list[str]) -> tuple[list[str], np.n
         paths += found
         labels += [k] * len(found)
     return paths, np.asarray(labels, dtype=np.int64)
-
-
-def _tiny_imagenet_split(root: Path, split: str, tag: str, source: str) -> EvalSplit:
-    """Tiny ImageNet: classes are the wnids of ``wnids.txt`` (sorted); val labels come from
-    ``val_annotations.txt`` (file name, wnid, box)."""
-    classes = sorted(w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip())
-    if split == "train":
-        paths, labels = _scan_class_folders(root / "train", classes)
-    elif split in ("val", "test"):
-        index = {w: i for i, w in enumerate(classes)}
-        paths, label_list = [], []
-        for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
-            parts = line.split("\t")
-            if len(parts) < 2:
-                continue
-            if parts[1] not in index:
-                raise DataError(f"val_annotations.txt names class '{parts[1]}' that wnids.txt lacks "
-                                f"({root}); the dataset is inconsistent")
-            paths.append(str(root / "val" / "images" / parts[0]))
-            label_list.append(index[parts[1]])
-        order = np.argsort(paths, kind="stable")
-        paths = [paths[i] for i in order]
-        labels = np.asarray(label_list, dtype=np.int64)[order]
-        split = "val"
-    else:
-        raise DataError(f"Tiny ImageNet has splits train and val (test means val); got --split {split}")
-    return EvalSplit(FolderDataset(paths, labels, classes), labels, classes, split, tag, source)
 
 
 def _npz_split(path: Path, split: str, tag: str) -> EvalSplit:
