@@ -49,7 +49,14 @@ class MimConfig:
     decoder_depth: int = 1  # 0 = linear head only (needs mode "mask_token")
     decoder_dim: int = 128
     decoder_heads: int = 4
-    label_smoothing: float = 0.0  # on the token cross-entropy
+    label_smoothing: float = 0.0  # on the token cross-entropy (token_loss "hard")
+    # "hard": CE on the tokenizer's id; "soft": CE on a distribution over all codes, weighted
+    # by how near each code is to the patch's tokenizer latent (see VQTarget)
+    token_loss: str = "hard"
+    # "soft": temperature on distances / their codebook mean; 0.03 puts about 40% of the mass
+    # on the hard id (about 7 codes in effect) with the CIFAR-10 tokenizer of BENCHMARKS 2
+    soft_temperature: float = 0.03
+    tokenizer_precision: str = "auto"  # "auto" (bf16 on CUDA), "fp32" or "bf16"
     norm_pix: bool = True  # pixel target: normalise each patch by its mean and std (MAE)
     tokenizer_steps: int = 4000  # steps (batch 32) when tokenizer is "auto"
     passes: int = 2  # 2: classifier on the clean image (the paper); 1: on the masked one (SupMAE)
@@ -128,6 +135,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "mim.masking": ("random", "block"),
     "mim.mode": ("drop", "mask_token"),
     "mim.passes": (1, 2),
+    "mim.token_loss": ("hard", "soft"),
+    "mim.tokenizer_precision": ("auto", "fp32", "bf16"),
     "data.crop": ("pad", "rrc", "none"),
     "data.interpolation": ("bilinear", "bicubic", "nearest"),
     "train.amp": ("auto", "bf16", "off"),
@@ -356,6 +365,12 @@ def validate(cfg: RunConfig) -> None:
     _check(0.0 < k.mask_ratio < 1.0, "mim.mask_ratio", f"is {k.mask_ratio}; must be in (0, 1)")
     _check(k.weight >= 0.0, "mim.weight", "must be >= 0")
     _check(k.decoder_depth >= 0, "mim.decoder_depth", "must be >= 0")
+    _check(k.soft_temperature > 0.0, "mim.soft_temperature", "must be > 0")
+    _check(k.token_loss == "hard" or k.target == "vq", "mim.token_loss",
+           f"'soft' needs token targets (mim.target=vq), not mim.target={k.target}")
+    _check(k.token_loss == "hard" or k.label_smoothing == 0.0, "mim.label_smoothing",
+           "applies to the hard token loss only; set it to 0 with mim.token_loss=soft "
+           "(soft targets are already spread over the codebook)")
     _check(k.decoder_depth > 0 or k.mode == "mask_token", "mim.decoder_depth",
            "0 (a linear head) needs mim.mode=mask_token: with dropped patches the masked "
            "positions never reach the encoder")

@@ -38,10 +38,22 @@ def test_overrides_are_typed():
     ("mim.decoder_depth=0", "mim.decoder_depth.*mask_token"),
     ("data.std=[0.1, 0.0, 0.2]", "data.std"),
     ("train.lr", "key=value"),
+    ("mim.token_loss=soft", "mim.token_loss.*mim.target=vq"),
+    ("mim.token_loss=fuzzy", "mim.token_loss.*hard, soft"),
+    ("mim.tokenizer_precision=fp16", "mim.tokenizer_precision.*auto, fp32, bf16"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config(overrides=["mim.target=pixel", override])
+
+
+def test_soft_token_loss_options_are_checked():
+    vq = ["mim.target=vq", "mim.tokenizer=tok", "mim.token_loss=soft"]
+    assert build_config(overrides=vq).mim.token_loss == "soft"
+    with pytest.raises(ConfigError, match="mim.soft_temperature.*> 0"):
+        build_config(overrides=[*vq, "mim.soft_temperature=0"])
+    with pytest.raises(ConfigError, match="mim.label_smoothing.*hard token loss only"):
+        build_config(overrides=[*vq, "mim.label_smoothing=0.1"])
 
 
 def test_vq_without_tokenizer_says_how_to_get_one():

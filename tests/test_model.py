@@ -98,6 +98,31 @@ def test_token_loss_equals_cross_entropy_over_hidden_positions(monkeypatch):
     assert acc == pytest.approx(float((logits[mask].argmax(-1) == ids[mask]).float().mean()))
 
 
+def test_soft_token_loss_is_cross_entropy_against_the_distribution_on_hidden_positions(
+        monkeypatch):
+    model = make_model()
+    from supmim.models.decoder import MimDecoder
+    model.decoder = MimDecoder(32, (4, 4), 1, out_dim=11, dim=32, depth=1, heads=2)
+    model.target.kind, model.target.out_dim = "soft_tokens", 11
+    images, _, mask = batch()
+    probs = torch.softmax(torch.randn(4, 16, 11, generator=torch.Generator().manual_seed(3)), -1)
+    monkeypatch.setattr(model, "mim_targets", lambda _: probs)
+    with torch.no_grad():
+        loss, acc = model.mim_loss(images, mask)
+        logits = model.mim_predict(images, mask)
+    # By hand: mean over hidden patches of -sum_k p_k log softmax(logits)_k.
+    ref = -(probs[mask] * torch.log_softmax(logits[mask], -1)).sum(-1).mean()
+    torch.testing.assert_close(loss, ref)
+    assert acc == pytest.approx(float((logits[mask].argmax(-1) == probs[mask].argmax(-1))
+                                      .float().mean()))
+    # Visible positions do not count: changing their targets leaves the loss unchanged.
+    other = probs.clone()
+    other[~mask] = torch.softmax(torch.randn(int((~mask).sum()), 11), -1)
+    monkeypatch.setattr(model, "mim_targets", lambda _: other)
+    with torch.no_grad():
+        torch.testing.assert_close(model.mim_loss(images, mask)[0], loss)
+
+
 def test_both_losses_reach_the_encoder():
     model = make_model().train()
     images, labels, mask = batch()

@@ -274,6 +274,39 @@ def test_vq_target_size_checks() -> None:
         t(torch.rand(1, 3, 16, 16))
 
 
+def test_code_distances_agree_with_encode_and_the_codebook() -> None:
+    tok = trained_tiny(4)
+    x = smooth_images(2, seed=5)
+    d = tok.code_distances(x)  # (B, h, w, K)
+    assert d.shape == (2, 8, 8, 16) and d.dtype == torch.float32
+    assert torch.equal(d.argmin(-1), tok.encode(x))
+    # Reference: explicit squared distances between the normalised latent and each code.
+    z = F.normalize(tok.encoder(x * 2 - 1).permute(0, 2, 3, 1), dim=-1)
+    ref = ((z[..., None, :] - tok.quantizer.embed) ** 2).sum(-1)
+    torch.testing.assert_close(d, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_soft_vq_target_is_a_distribution_peaked_at_the_hard_id() -> None:
+    tok = trained_tiny(4)
+    x = smooth_images(3, seed=6)
+    hard = VQTarget(tok, img_size=32, patch_size=4)(x)
+    soft_t = VQTarget(tok, img_size=32, patch_size=4, soft_temperature=0.1)
+    p = soft_t(x)
+    assert soft_t.kind == "soft_tokens" and p.shape == (3, 64, 16) and p.dtype == torch.float32
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, 64))
+    assert torch.equal(p.argmax(-1), hard)
+    # By hand for one patch: softmax(-d / (t * mean d)).
+    d = tok.code_distances(x)[0, 0, 0]
+    torch.testing.assert_close(p[0, 0], torch.softmax(-d / (0.1 * d.mean()), -1))
+    # A colder temperature concentrates the mass on the hard id; a warmer one spreads it.
+    peak = {t: VQTarget(tok, img_size=32, patch_size=4, soft_temperature=t)(x).max(-1).values.mean()
+            for t in (0.01, 0.1, 1.0)}
+    assert peak[0.01] > peak[0.1] > peak[1.0]
+    assert peak[0.01] > 0.9
+    with pytest.raises(ConfigError, match="soft_temperature must be > 0"):
+        VQTarget(tok, img_size=32, patch_size=4, soft_temperature=0.0)
+
+
 # ----------------------------------------------------------------------------- all targets
 
 

@@ -117,3 +117,20 @@ def test_short_training_on_real_cifar_images_learns(tmp_path, target):
     epochs = [r for r in lines if r["type"] == "epoch"]
     # the MIM task is being learned too: epoch means (about 70 steps each) go down
     assert epochs[1]["train_loss_mim"] < epochs[0]["train_loss_mim"], epochs
+
+
+def test_soft_token_targets_train_end_to_end(tmp_path):
+    from tests.test_targets import trained_tiny
+    trained_tiny(4).save(tmp_path / "tok")
+    data = make_image_folder(tmp_path / "data", classes=3)
+    losses = {}
+    for loss in ("hard", "soft"):
+        cfg = tiny_config(data, "mim.target=vq", f"mim.tokenizer={tmp_path / 'tok'}",
+                          f"mim.token_loss={loss}", "mim.soft_temperature=0.5")
+        summary = train(cfg, tmp_path / loss, progress=False)
+        rows = [json.loads(x) for x in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
+        epoch = [r for r in rows if r["type"] == "epoch"][-1]
+        assert summary["test"]["n"] > 0 and 0.0 <= epoch["train_mim_acc"] <= 1.0
+        losses[loss] = epoch["train_loss_mim"]
+    # A warm soft target has entropy, so its cross-entropy sits above the hard one's.
+    assert losses["soft"] > losses["hard"] > 0.0, losses

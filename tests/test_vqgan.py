@@ -616,6 +616,19 @@ def test_taming_config_and_downsampling_equivalences() -> None:
                                atol=1e-4)
 
 
+def test_vqgan_code_distances_match_a_direct_computation() -> None:
+    torch.manual_seed(0)
+    tok = VQGAN(VQGANConfig(ch=32, ch_mult=[1, 1], num_res_blocks=1, mid_blocks=1,
+                            z_channels=8, embed_dim=8, codebook_size=6))
+    x = torch.rand(2, 3, 16, 16)
+    d = tok.code_distances(x)
+    z = tok.encode_latents(x).permute(0, 2, 3, 1)  # (B, h, w, D)
+    ref = ((z[..., None, :] - tok.quantizer.weight) ** 2).sum(-1)
+    assert d.shape == (2, 8, 8, 6)
+    torch.testing.assert_close(d, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(d.argmin(-1), tok.encode(x))
+
+
 # ----------------------------------------------------------------------------- safety
 
 

@@ -351,7 +351,10 @@ class Trainer:
         if not mim.enabled:
             return None
         return build_target(mim.target, img_size=m.img_size, patch_size=m.patch_size,
-                            in_chans=m.in_chans, tokenizer=mim.tokenizer, norm_pix=mim.norm_pix)
+                            in_chans=m.in_chans, tokenizer=mim.tokenizer, norm_pix=mim.norm_pix,
+                            precision=mim.tokenizer_precision,
+                            soft_temperature=mim.soft_temperature
+                            if mim.token_loss == "soft" else None)
 
     def _build_loaders(self) -> None:
         d, world = self.cfg.data, dist.world_size()

@@ -164,11 +164,16 @@ class SupMimModel(nn.Module):
 
     def _mim_loss_of(self, pred: Tensor, target: Tensor, mask: Tensor
                      ) -> tuple[Tensor, Tensor | None]:
-        """pred (B,N,out_dim), target (B,N) ids or (B,N,D), mask (B,N): loss where hidden."""
+        """pred (B,N,out_dim), target (B,N) ids or (B,N,D) values / code distributions,
+        mask (B,N): loss where hidden."""
         assert self.mim is not None and self.target is not None
         pred = pred[mask].float()  # (M, out_dim), M = hidden patches
         if self.target.kind == "tokens":
             ids = target[mask]
             loss = F.cross_entropy(pred, ids, label_smoothing=self.mim.label_smoothing)
             return loss, (pred.argmax(-1) == ids).float().mean().detach()
+        if self.target.kind == "soft_tokens":  # (B, N, K) distributions over the codebook
+            probs = target[mask].float()
+            loss = F.cross_entropy(pred, probs)
+            return loss, (pred.argmax(-1) == probs.argmax(-1)).float().mean().detach()
         return F.mse_loss(pred, target[mask].float()), None

@@ -31,6 +31,11 @@ class Tokenizer(Protocol):
         """(B, C, H, W) in [0, 1] -> (B, H/f, W/f) int64 ids."""
         ...
 
+    def code_distances(self, images01: Tensor) -> Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, H/f, W/f, codebook_size) float32 squared distances
+        from each position's latent to every code (argmin = ``encode``); soft targets."""
+        ...
+
     def decode(self, ids: Tensor) -> Tensor:
         """(B, h, w) int64 ids -> (B, C, h*f, w*f) images in [0, 1]."""
         ...

@@ -166,6 +166,12 @@ class EMAQuantizer(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             return (z.float() @ self.embed.float().t()).argmax(dim=1)
 
+    def distances(self, z: Tensor) -> Tensor:
+        """(M, D) L2-normalised vectors -> (M, K) float32 squared distances to every code
+        (on the unit sphere ``||z - e||^2 = 2 - 2 z.e``; argmin = :meth:`nearest`)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return (2.0 - 2.0 * (z.float() @ self.embed.float().t())).clamp_min(0.0)
+
     @torch.no_grad()
     def _init(self, z: Tensor) -> None:
         idx = torch.randint(0, z.shape[0], (self.codebook_size,), device=z.device)
@@ -258,6 +264,16 @@ class VQTokenizer(nn.Module):
     def encode(self, images01: Tensor) -> Tensor:
         """(B, C, H, W) in [0, 1] -> (B, H/f, W/f) int64 token ids."""
         return self._encode(images01)[1]
+
+    @torch.no_grad()
+    def code_distances(self, images01: Tensor) -> Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, H/f, W/f, codebook_size) float32 squared distances
+        from each position's latent to every code; their argmin is :meth:`encode`'s id."""
+        self._check(images01)
+        z = self.encoder(images01 * 2.0 - 1.0)
+        b, d, h, w = z.shape
+        flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d).float(), dim=1)
+        return self.quantizer.distances(flat).reshape(b, h, w, -1)
 
     @torch.no_grad()
     def decode(self, ids: Tensor) -> Tensor:

@@ -29,13 +29,28 @@ class VQTarget(MimTarget):
 
     ``precision``: "fp32", "bf16" (the tokenizer's convolutions under bf16 autocast; the
     nearest-code search stays float32), or "auto" = bf16 on CUDA, fp32 elsewhere.
+
+    ``soft_temperature``: None gives hard ids (kind "tokens"). A value t gives soft targets
+    (kind "soft_tokens"): (B, N, K) float32 distributions over the codebook,
+    ``softmax(-d_k / (t * mean_k d_k))`` of each patch latent's squared distances d_k to the
+    codes. Dividing by the mean distance makes t independent of the tokenizer's scale; the
+    most likely code is always the hard id, and smaller t approaches the hard target.
     """
 
     kind = "tokens"
 
     def __init__(self, tokenizer: nn.Module, *, img_size: int | tuple[int, int], patch_size: int,
-                 in_chans: int = 3, precision: str = "auto") -> None:
+                 in_chans: int = 3, precision: str = "auto",
+                 soft_temperature: float | None = None) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans)
+        if soft_temperature is not None:
+            if soft_temperature <= 0:
+                raise ConfigError(f"soft_temperature must be > 0, got {soft_temperature}")
+            if not hasattr(tokenizer, "code_distances"):
+                raise ConfigError(f"{type(tokenizer).__name__} has no code_distances(), which "
+                                  "soft token targets need; use mim.token_loss=hard")
+            self.kind = "soft_tokens"
+        self.soft_temperature = soft_temperature
         for attr in ("encode", "decode", "factor", "codebook_size", "in_chans"):
             if not hasattr(tokenizer, attr):
                 raise ConfigError(f"{type(tokenizer).__name__} is not a tokenizer: it has no "
@@ -62,7 +77,7 @@ class VQTarget(MimTarget):
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, patch_size={self.patch_size}, "
                 f"tokenizer_size={self.tokenizer_size}, codebook={self.out_dim}, "
-                f"precision={self.precision!r}")
+                f"precision={self.precision!r}, soft_temperature={self.soft_temperature}")
 
     def _resize(self, images: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(images.shape[-2:]) == size:
@@ -82,8 +97,13 @@ class VQTarget(MimTarget):
         # outputs cannot be saved for backward, so the ids are cloned outside it (a normal
         # tensor the cross-entropy may keep).
         with torch.inference_mode(), self._autocast(x.device):
-            ids = self.tokenizer.encode(x)  # (B, gh, gw)
-        return ids.flatten(1).clone()  # row-major, the ViT's patch order
+            if self.soft_temperature is None:
+                out = self.tokenizer.encode(x).flatten(1)  # (B, N) row-major = patch order
+            else:
+                d = self.tokenizer.code_distances(x).float().flatten(1, 2)  # (B, N, K)
+                scale = d.mean(-1, keepdim=True).clamp_min(1e-12) * self.soft_temperature
+                out = torch.softmax(-d / scale, dim=-1)
+        return out.clone()  # outside inference mode: a normal tensor the loss may save
 
     def decode(self, pred: Tensor, *, reference: Tensor | None = None) -> Tensor | None:
         """pred (B, N) ids or (B, N, codebook_size) logits -> (B, C, H, W) in [0, 1], the

@@ -289,9 +289,9 @@ class Codebook(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(size, dim).uniform_(-1.0 / size, 1.0 / size))
 
-    def nearest(self, z: Tensor) -> Tensor:
-        """(B, D, h, w) -> (B, h, w) int64 ids, computed in float32 outside autocast so that
-        bf16 rounding cannot flip near-ties."""
+    def distances(self, z: Tensor) -> Tensor:
+        """(B, D, h, w) -> (B, h, w, K) squared distances to every code, in float32 outside
+        autocast so that bf16 rounding cannot flip near-ties."""
         b, d, h, w = z.shape
         with torch.autocast(z.device.type, enabled=False):
             flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
@@ -300,7 +300,11 @@ class Codebook(nn.Module):
             # values the distances the sources compute.
             dist = (flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ e.t()
                     + e.pow(2).sum(1)[None, :])
-            return dist.argmin(dim=1).reshape(b, h, w)
+            return dist.clamp_min(0.0).reshape(b, h, w, -1)
+
+    def nearest(self, z: Tensor) -> Tensor:
+        """(B, D, h, w) -> (B, h, w) int64 ids of the nearest codes."""
+        return self.distances(z).argmin(dim=-1)
 
     def lookup(self, ids: Tensor) -> Tensor:
         """(B, h, w) ids -> (B, D, h, w) code vectors."""
@@ -380,6 +384,12 @@ class VQGAN(nn.Module):
     def encode(self, images01: Tensor) -> Tensor:
         """(B, C, H, W) in [0, 1] -> (B, H/f, W/f) int64 token ids."""
         return self.quantizer.nearest(self.encode_latents(images01))
+
+    @torch.no_grad()
+    def code_distances(self, images01: Tensor) -> Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, H/f, W/f, codebook_size) float32 squared distances
+        from each latent to every code; their argmin is :meth:`encode`'s id."""
+        return self.quantizer.distances(self.encode_latents(images01))
 
     @torch.no_grad()
     def decode(self, ids: Tensor) -> Tensor:
