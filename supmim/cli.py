@@ -171,18 +171,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from supmim.studies import SIZES, study
-    from supmim.sweep import parse_grid, sweep
-    grid_items = list(args.grid)
+    from supmim.studies import SIZES, run_stage_study, study
+    from supmim.sweep import parse_arm, parse_grid, sweep
+    grid_items, arm_items, spec = list(args.grid), list(args.arm), {}
     if args.study:
         spec = study(args.study)
         grid_items = spec["grid"] + grid_items
+        arm_items = spec.get("arms", []) + arm_items
         args.overrides = SIZES[args.size] + spec["set"] + args.overrides
-    if not grid_items:
-        raise SupmimError("sweep: give at least one --grid key=v1,v2 (or --study NAME)")
+    if spec.get("stages"):
+        if not args.pretrain_data:
+            raise SupmimError("sweep --study stages needs --pretrain-data D2 (the stage-1 "
+                              "images, e.g. ../shared/data/tiny-imagenet-10class-subset.tar.gz)")
+        if grid_items or arm_items:
+            raise SupmimError("sweep --study stages takes no --grid / --arm")
+    elif not grid_items and not arm_items:
+        raise SupmimError("sweep: give at least one --grid key=v1,v2 or --arm k=v;k2=v2 "
+                          "(or --study NAME)")
+    elif args.pretrain_data:
+        raise SupmimError("--pretrain-data is for --study stages only")
     cfg = _config_from(args)
-    sweep(cfg, args.out, parse_grid(grid_items), args.seeds, baseline=not args.no_baseline,
-          knn=not args.no_knn, progress=not args.quiet)
+    if spec.get("stages"):
+        run_stage_study(cfg, args.pretrain_data, args.out, args.seeds, knn=not args.no_knn,
+                        progress=not args.quiet, parallel=args.parallel,
+                        report_only=args.report_only)
+    else:
+        sweep(cfg, args.out, parse_grid(grid_items), args.seeds,
+              arms=[parse_arm(a) for a in arm_items], baseline=not args.no_baseline,
+              knn=not args.no_knn, progress=not args.quiet, parallel=args.parallel,
+              report_only=args.report_only)
     print(Path(args.out, "sweep.md").read_text())
     return 0
 
@@ -304,13 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a swept key and its values (repeatable: the cartesian product runs)")
+    p.add_argument("--arm", action="append", default=[], metavar="KEY=V;KEY2=V2",
+                   help="one explicit arm (repeatable), beside or instead of the grid; string "
+                        "values may hold {seed}")
     p.add_argument("--study", help="a named study of the paper (see supmim.studies)")
+    p.add_argument("--pretrain-data", help="--study stages: the stage-1 (pre-training) data")
     p.add_argument("--size", choices=("cpu", "gpu"), default="cpu",
                    help="the study's size (epochs, workers)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--no-baseline", action="store_true",
                    help="no supervised baseline arm (deltas are then not reported)")
     p.add_argument("--no-knn", action="store_true", help="skip the kNN evaluation of each arm")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="arm-seeds to run at once, each in its own process (small models on "
+                        "a big GPU or many cores)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: tabulate the runs that have finished")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
 
