@@ -103,7 +103,9 @@ def test_sigkill_and_sigterm_at_a_random_step_then_resume_is_exact(tmp_path):
     subprocess.run(_train_cmd(data, ref), env=_env(), check=True, capture_output=True)
 
     rng = random.Random()
-    kill_at = rng.randint(2, 21)  # 24 steps in all; checkpoints every 4 steps and per epoch
+    # 24 steps in all; checkpoints every 4 steps and per epoch. From step 5 on, the step-4
+    # checkpoint exists, so `--resume auto` (without --data) has one to continue from.
+    kill_at = rng.randint(5, 21)
     killed = tmp_path / "killed"
     proc = _run_until(_train_cmd(data, killed), killed, kill_at, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
