@@ -20,18 +20,18 @@ STUDIES: dict[str, dict[str, Any]] = {
     "decoder-depth": {
         "grid": ["mim.decoder_depth=0,1,2,4,8"],
         "set": ["mim.mode=mask_token"],  # depth 0 (a linear head) needs the [MASK] token mode
-        "paper": "a 1-layer decoder was best; deeper decoders take over the MIM task and the "
-                 "encoder gains less",
+        "paper": "a 1-layer decoder was best; a deeper decoder may take over the MIM task, "
+                 "leaving the encoder less to learn",
     },
     "mask-ratio-pool": {
         "grid": ["mim.mask_ratio=0.25,0.4,0.5,0.6,0.75,0.9", "model.global_pool=token,avg"],
         "set": [],
-        "paper": "a high mask ratio works for both; the best ratio depends on CLS vs GAP pooling",
+        "paper": "the best mask ratio interacts with the pooling (CLS vs GAP)",
     },
     "lambda": {
         "grid": ["mim.weight=0.1,0.3,1,3"],
         "set": [],
-        "paper": "lambda = 1 (equal weights) worked well; very small lambda loses the gain",
+        "paper": "the loss weight lambda is ablated; equal weights (lambda = 1) is the default",
     },
     "loss-target": {
         "grid": [],
@@ -47,13 +47,14 @@ STUDIES: dict[str, dict[str, Any]] = {
     "passes": {
         "grid": ["mim.passes=1,2"],
         "set": [],
-        "paper": "two passes (the classifier on the clean image) beat one pass (SupMAE-style, "
-                 "the classifier on the masked image)",
+        "paper": "the paper's design is two passes (the classifier on the clean image); "
+                 "SupMAE classifies the masked image in one pass",
     },
     "mode-masking": {
         "grid": ["mim.mode=drop,mask_token", "mim.masking=random,block"],
         "set": [],
-        "paper": "the paper follows BEiT-style masking; both forms are compared here",
+        "paper": "BEiT uses a [MASK] token with block masking, MAE drops random patches; "
+                 "both forms are compared here",
     },
 }
 
