@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from supmim.compare import run_arm
+from supmim.compare import _stats, run_arm
 from supmim.config import RunConfig, parse_override, save_config, set_key, validate
 from supmim.engine.checkpoint import atomic_write_text
 from supmim.errors import ConfigError
@@ -59,11 +59,6 @@ def parse_arm(item: str) -> dict[str, Any]:
         raise ConfigError(f"--arm '{item}' must look like key=v;key2=v2, e.g. "
                           "mim.target=pixel;mim.weight=0.5")
     return values
-
-
-def with_seed(value: Any, seed: int) -> Any:
-    """String values may hold ``{seed}`` (e.g. ``train.init_from=runs/pre/seed{seed}``)."""
-    return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
 
 
 def arm_name(values: dict[str, Any]) -> str:
@@ -112,12 +107,13 @@ def arms_of(cfg: RunConfig, grid: dict[str, list[Any]], baseline: bool,
 
 
 def arm_for_seed(arm_cfg: RunConfig, values: dict[str, Any], seed: int) -> RunConfig:
-    """The arm's config for one seed: ``train.seed`` and any ``{seed}`` placeholders set."""
+    """The arm's config for one seed: ``train.seed`` and any ``{seed}`` placeholders in string
+    values replaced (e.g. ``train.init_from=runs/pre/seed{seed}``)."""
     run_cfg = copy.deepcopy(arm_cfg)
     run_cfg.train.seed = seed
     for k, v in values.items():
         if isinstance(v, str) and "{seed}" in v:
-            set_key(run_cfg, k, with_seed(v, seed))
+            set_key(run_cfg, k, v.replace("{seed}", str(seed)))
     return run_cfg
 
 
@@ -156,11 +152,6 @@ def knn_top1(run_dir: Path, cfg: RunConfig, k: int = 20, progress: bool = False)
                           num_classes=len(src.classes))[k]
     atomic_write_text(cache, json.dumps({"k": k, "temperature": 0.07, **result}))
     return float(result["top1"])
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
 def sweep(cfg: RunConfig, out_dir: str | Path, grid: dict[str, list[Any]], seeds: list[int],

@@ -217,19 +217,11 @@ class EMAQuantizer(nn.Module):
         return q, ids.reshape(b, h, w), commit
 
 
-class VQTokenizer(nn.Module):
-    """Images (B, C, H, W) in [0, 1] <-> token ids (B, H/f, W/f) in [0, codebook_size)."""
+class TokenizerShape:
+    """What every tokenizer reads off its ``config`` (``factor``, ``codebook_size``,
+    ``in_chans``) and the input check they share."""
 
-    def __init__(self, config: TokenizerConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or TokenizerConfig()
-        self.config.validate()
-        self.encoder = _encoder(self.config)
-        self.quantizer = EMAQuantizer(self.config.codebook_size, self.config.code_dim,
-                                      decay=self.config.decay,
-                                      restart_after=self.config.restart_after)
-        self.decoder = _decoder(self.config)
-        self.metadata: dict[str, Any] = {}  # free-form (metrics, data) saved in tokenizer.json
+    config: Any
 
     @property
     def factor(self) -> int:
@@ -251,6 +243,21 @@ class VQTokenizer(nn.Module):
         if h % self.factor or w % self.factor:
             raise ConfigError(f"image size {h}x{w} is not a multiple of the tokenizer factor "
                               f"{self.factor}: resize the images first")
+
+
+class VQTokenizer(TokenizerShape, nn.Module):
+    """Images (B, C, H, W) in [0, 1] <-> token ids (B, H/f, W/f) in [0, codebook_size)."""
+
+    def __init__(self, config: TokenizerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or TokenizerConfig()
+        self.config.validate()
+        self.encoder = _encoder(self.config)
+        self.quantizer = EMAQuantizer(self.config.codebook_size, self.config.code_dim,
+                                      decay=self.config.decay,
+                                      restart_after=self.config.restart_after)
+        self.decoder = _decoder(self.config)
+        self.metadata: dict[str, Any] = {}  # free-form (metrics, data) saved in tokenizer.json
 
     def _encode(self, images01: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self._check(images01)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from supmim.errors import CheckpointError, ConfigError
 from supmim.targets.tokenizer_files import load_into, parse_config, read_meta, write_tokenizer
+from supmim.targets.vq import TokenizerShape
 
 ARCHS = ("maskgit", "taming")
 GN_EPS = 1e-6  # flax.linen.GroupNorm's default and taming's Normalize()
@@ -314,7 +315,7 @@ class Codebook(nn.Module):
 # ----------------------------------------------------------------------------- tokenizer
 
 
-class VQGAN(nn.Module):
+class VQGAN(TokenizerShape, nn.Module):
     """Images (B, C, H, W) in [0, 1] <-> token ids (B, H/f, W/f) in [0, codebook_size).
 
     ``encode`` maps [0, 1] into the family's own input range first (MaskGIT: unchanged,
@@ -342,18 +343,6 @@ class VQGAN(nn.Module):
         return f"vqgan-{self.config.arch}"
 
     @property
-    def factor(self) -> int:
-        return self.config.factor
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def in_chans(self) -> int:
-        return self.config.in_chans
-
-    @property
     def input_range(self) -> tuple[float, float]:
         return (-1.0, 1.0) if self.config.arch == "taming" else (0.0, 1.0)
 
@@ -364,15 +353,6 @@ class VQGAN(nn.Module):
     def _from_output(self, x: Tensor) -> Tensor:
         lo, hi = self.input_range
         return ((x.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
-
-    def _check(self, images01: Tensor) -> None:
-        if images01.ndim != 4 or images01.shape[1] != self.in_chans:
-            raise ConfigError(f"tokenizer expects (B, {self.in_chans}, H, W) images, "
-                              f"got shape {tuple(images01.shape)}")
-        h, w = images01.shape[-2:]
-        if h % self.factor or w % self.factor:
-            raise ConfigError(f"image size {h}x{w} is not a multiple of the tokenizer factor "
-                              f"{self.factor}: resize the images first")
 
     def encode_latents(self, images01: Tensor) -> Tensor:
         """(B, C, H, W) in [0, 1] -> (B, embed_dim, H/f, W/f) pre-quantisation vectors."""
