@@ -122,34 +122,26 @@ def knn_top1(run_dir: Path, cfg: RunConfig, k: int = 20, progress: bool = False)
     cache = run_dir / "knn.json"
     if cache.is_file():
         return float(json.loads(cache.read_text())["top1"])
-    import numpy as np
     import torch
 
-    from supmim.data import ImageDataset, build_eval_transform, labels_of, resolve_data
-    from supmim.engine.trainer import split_indices
+    from supmim.engine.trainer import build_run_data
     from supmim.evaluation.features import extract_features, l2_normalize, make_loader
     from supmim.evaluation.knn import knn_evaluate
     from supmim.export import load_run_encoder
     vit, run_cfg, _ = load_run_encoder(run_dir)
-    stats = json.loads((run_dir / "data_stats.json").read_text())
-    d, m = run_cfg.data, run_cfg.model
-    src = resolve_data(d.data, root=d.root, download=False, cache_dir=d.cache_dir)
-    if src.test is None:
-        raise ConfigError(f"sweep kNN needs a test split; '{d.data}' has none")
-    tf = build_eval_transform(m.img_size, stats["mean"], stats["std"], crop_pct=d.crop_pct,
-                              interpolation=d.interpolation)
-    train_idx, _ = split_indices(run_cfg, labels_of(src.train))
+    data = build_run_data(run_cfg, train_as_eval=True)
+    if data.test is None:
+        raise ConfigError(f"sweep kNN needs a test split; '{run_cfg.data.data}' has none")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vit = vit.to(device)
     feats = []
-    for ds in (ImageDataset(src.train, tf, m.in_chans, indices=train_idx, on_error="skip"),
-               ImageDataset(src.test, tf, m.in_chans, on_error="skip")):
+    for ds in (data.train, data.test):
         x, y = extract_features(vit, make_loader(ds, 256, 0, device), device, progress=progress)
-        keep = y >= 0
+        keep = y >= 0  # unreadable images come back labelled -1
         feats.append((l2_normalize(torch.from_numpy(x[keep])).numpy(), y[keep]))
     (bank, bank_y), (query, query_y) = feats
     result = knn_evaluate(bank, bank_y, query, query_y, ks=(k,),
-                          num_classes=len(src.classes))[k]
+                          num_classes=len(data.classes))[k]
     atomic_write_text(cache, json.dumps({"k": k, "temperature": 0.07, **result}))
     return float(result["top1"])
 

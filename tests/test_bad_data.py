@@ -182,3 +182,22 @@ def test_structural_problems_fail_before_training(tmp_path):
     with pytest.raises(DataError, match="cannot read archive"):
         train(cfg, tmp_path / "run2", progress=False)
     assert not (tmp_path / "run2" / "metrics.jsonl").exists()
+
+
+def test_train_split_as_eval_leaves_unreadable_images_out(tmp_path):
+    """``build_run_data(train_as_eval=True)`` (kNN feature banks): the training images under
+    the deterministic eval transform, an unreadable one labelled -1 instead of replaced."""
+    from supmim.engine.trainer import build_run_data
+    data = make_image_folder(tmp_path / "data")
+    _broken(tmp_path / "data" / "train" / "c1")
+    cfg = build_config(preset="tiny-test", extra={"data.data": str(data),
+                                                  "data.val_fraction": 0.0,
+                                                  "mim.target": "pixel"})
+    train_set = build_run_data(cfg).train
+    bank = build_run_data(cfg, train_as_eval=True).train
+    assert len(bank) == len(train_set) == 3 * 24 + 3
+    assert [bank[i][1] for i in range(len(bank))].count(-1) == 3
+    assert all(train_set[i][1] >= 0 for i in range(len(train_set)))  # replaced in training
+    # the eval transform is deterministic; the training one (random crops, flips) is not
+    assert all(torch.equal(bank[i][0], bank[i][0]) for i in range(len(bank)))
+    assert not all(torch.equal(train_set[i][0], train_set[i][0]) for i in range(len(train_set)))

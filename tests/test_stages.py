@@ -45,6 +45,36 @@ def test_init_from_loads_the_encoder_and_a_new_head(tmp_path, pretrained, source
     assert t.init_report["new"] == ["head.weight", "head.bias"]
 
 
+@pytest.mark.parametrize("source", ["run", "export"])
+@pytest.mark.parametrize("same_names", [True, False])
+def test_head_kept_only_for_the_same_class_names(tmp_path, pretrained, source, same_names):
+    """Four classes on both sides: the head is kept only when the names match too (a new
+    4-class dataset must not inherit another dataset's class order)."""
+    run, export = pretrained
+    data = make_image_folder(tmp_path / "data", classes=4)
+    if not same_names:
+        for folder in sorted((data / "train").iterdir()) + sorted((data / "test").iterdir()):
+            folder.rename(folder.with_name("other_" + folder.name))
+    t = Trainer(_cfg(data, f"train.init_from={run if source == 'run' else export}"),
+                tmp_path / "ft", progress=False)
+    t._setup()
+    theirs = load_run_encoder(run)[0].state_dict()["head.weight"]
+    kept = torch.equal(t.model.encoder.state_dict()["head.weight"], theirs)
+    assert kept == same_names
+    assert t.init_report["new"] == ([] if same_names else ["head.weight", "head.bias"])
+
+
+def test_a_bare_weights_file_keeps_a_head_of_the_right_shape(tmp_path, pretrained):
+    """Without class names on the source side, the number of classes decides."""
+    _, export = pretrained
+    data = make_image_folder(tmp_path / "data", classes=4)
+    weights = tmp_path / "vit.safetensors"
+    weights.write_bytes((export / "model.safetensors").read_bytes())
+    t = Trainer(_cfg(data, f"train.init_from={weights}"), tmp_path / "ft", progress=False)
+    t._setup()
+    assert t.init_report["new"] == []
+
+
 def test_init_from_a_run_then_fine_tune_with_mim(tmp_path, pretrained):
     run, _ = pretrained
     data = make_image_folder(tmp_path / "data", classes=3)

@@ -107,11 +107,13 @@ def split_indices(cfg: RunConfig, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return train_idx, val_idx
 
 
-def build_run_data(cfg: RunConfig, bad_log: Path | None = None) -> RunData:
+def build_run_data(cfg: RunConfig, bad_log: Path | None = None, *,
+                   train_as_eval: bool = False) -> RunData:
     """Resolve ``--data``, carve the validation split, apply the training subset.
 
     Unreadable images are replaced by the next readable one in training and left out of
-    evaluation; each is appended to ``bad_log``.
+    evaluation; each is appended to ``bad_log``. ``train_as_eval``: the training images
+    under the evaluation transform, unreadable ones left out (feature banks, e.g. kNN).
     """
     d, m = cfg.data, cfg.model
     src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
@@ -122,8 +124,9 @@ def build_run_data(cfg: RunConfig, bad_log: Path | None = None) -> RunData:
                                      re_prob=d.re_prob, interpolation=d.interpolation)
     eval_tf = build_eval_transform(m.img_size, mean, std, crop_pct=d.crop_pct,
                                    interpolation=d.interpolation)
-    train = ImageDataset(src.train, train_tf, m.in_chans, indices=train_idx,
-                         on_error="substitute", bad_log=bad_log)
+    train = ImageDataset(src.train, eval_tf if train_as_eval else train_tf, m.in_chans,
+                         indices=train_idx, on_error="skip" if train_as_eval else "substitute",
+                         bad_log=bad_log)
     test = ImageDataset(src.test, eval_tf, m.in_chans, on_error="skip", bad_log=bad_log) \
         if src.test is not None else None
     val = ImageDataset(src.train, eval_tf, m.in_chans, indices=val_idx, on_error="skip",
@@ -266,7 +269,8 @@ class Trainer:
         vit = create_vit(cfg.model, num_classes=len(self.data.classes))
         self.init_report = None
         if cfg.train.init_from and not self.resume:  # a resumed run has its own weights
-            self.init_report = init_encoder(vit, cfg.train.init_from)
+            self.init_report = init_encoder(vit, cfg.train.init_from,
+                                            classes=self.data.classes)
         mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
         self.model = SupMimModel(vit, mean=self.data.mean, std=self.data.std, mim=cfg.mim,
                                  target=target, seed=cfg.train.seed,

@@ -8,6 +8,7 @@ them), a timm model folder as written by ``supmim export`` (``model.safetensors`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -50,19 +51,36 @@ def _fit_pos_embed(state: dict[str, torch.Tensor], vit: VisionTransformer) -> No
                                                 num_prefix_tokens=prefix)
 
 
-def init_encoder(vit: VisionTransformer, source: str | Path) -> dict[str, list[str]]:
+def source_classes(source: str | Path) -> list[str] | None:
+    """The class names of ``source``'s head, where it records them: a run's ``classes.json``
+    or an export's ``config.json`` ``label_names``; None for a bare weights file."""
+    path = Path(source)
+    if (path / "classes.json").is_file():
+        return [str(c) for c in json.loads((path / "classes.json").read_text())]
+    if (path / "config.json").is_file():
+        names = json.loads((path / "config.json").read_text()).get("label_names")
+        return [str(c) for c in names] if names else None
+    return None
+
+
+def init_encoder(vit: VisionTransformer, source: str | Path,
+                 classes: list[str] | None = None) -> dict[str, list[str]]:
     """Load ``source``'s encoder weights into ``vit`` in place.
 
-    The classification head is kept only when its shape fits (same number of classes);
-    otherwise it keeps its fresh initialisation (a new label set). Any other missing or
-    mismatched weight is an error naming it. Returns {"new": keys left freshly
+    The classification head is kept only when it classifies the same label set: the same
+    class names where both sides name them (``classes``, :func:`source_classes`), else the
+    same number of classes. Otherwise it keeps its fresh initialisation: two 10-class
+    datasets (Tiny ImageNet subset -> CIFAR-10) must not share a head by accident. Any other
+    missing or mismatched weight is an error naming it. Returns {"new": keys left freshly
     initialised, "loaded": keys taken from the source}.
     """
     state = read_encoder_state(source)
     _fit_pos_embed(state, vit)
     own = vit.state_dict()
-    fresh = [k for k in ("head.weight", "head.bias")
-             if k in own and (k not in state or state[k].shape != own[k].shape)]
+    theirs = source_classes(source)
+    other_labels = classes is not None and theirs is not None and theirs != list(classes)
+    fresh = [k for k in ("head.weight", "head.bias") if k in own and (
+        other_labels or k not in state or state[k].shape != own[k].shape)]
     for k in fresh:
         state.pop(k, None)
     bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
