@@ -23,7 +23,8 @@ start=$(date +%s)
 pids=()
 for s in $STUDIES; do
   par=${PAR:-3}
-  [ "$s" = mask-ratio-pool ] && par=$(( par * 2 ))  # 14 arms: twice the share
+  # 14 arms: twice the share where several run at once (PAR=1 stays one at a time)
+  [ "$s" = mask-ratio-pool ] && [ "$par" -gt 1 ] && par=$(( par * 2 ))
   extra=()
   [ "$s" = stages ] && extra=(--pretrain-data "$DATA_DIR/tiny-imagenet-10class-subset.tar.gz")
   $SUPMIM sweep "${COMMON[@]}" --parallel "$par" --study "$s" "${extra[@]}" --out "$OUT/$s" \
