@@ -35,7 +35,8 @@ def run_arm(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
     return train(cfg, run_dir, resume=resume, progress=progress)
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def seed_stats(values: list[float]) -> dict[str, float]:
+    """Mean, sample std (0 for one value) and n of a metric over seeds."""
     return {"mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
@@ -83,14 +84,14 @@ def summarize(runs: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
     arms: dict[str, Any] = {}
     for arm in ARMS:
         mine = [r for r in runs if r["arm"] == arm]
-        arms[arm] = {key: _stats([r[key] for r in mine])
+        arms[arm] = {key: seed_stats([r[key] for r in mine])
                      for key in ("test_top1", "val_top1", "mean_step_seconds", "train_seconds")
                      if all(r[key] is not None for r in mine) and mine}
     by_seed = {(r["arm"], r["seed"]): r for r in runs}
     seeds = sorted({r["seed"] for r in runs})
     paired = [by_seed[("mim", s)]["test_top1"] - by_seed[("baseline", s)]["test_top1"]
               for s in seeds if by_seed[("mim", s)]["test_top1"] is not None]
-    delta = {"test_top1": _stats(paired)} if paired else {}
+    delta = {"test_top1": seed_stats(paired)} if paired else {}
     ratio = (arms["mim"]["mean_step_seconds"]["mean"]
              / arms["baseline"]["mean_step_seconds"]["mean"])
     return {"runs": runs, "arms": arms, "delta_mim_minus_baseline": delta,

@@ -19,6 +19,7 @@ from supmim.config import RunConfig, load_config
 from supmim.engine.checkpoint import latest_checkpoint, load_checkpoint
 from supmim.errors import CheckpointError
 from supmim.models import create_vit, vit_kwargs
+from supmim.models.pretrained import source_classes
 
 
 def _checkpoint_folder(run_dir: Path, which: str) -> Path:
@@ -48,8 +49,7 @@ def load_run_encoder(run_dir: str | Path, *, checkpoint: str = "last",
     else:
         state = {k[len("encoder."):]: v for k, v in model_state.items()
                  if k.startswith("encoder.")}
-    classes = json.loads((run_dir / "classes.json").read_text()) \
-        if (run_dir / "classes.json").is_file() else None
+    classes = source_classes(run_dir)
     num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
     vit = create_vit(cfg.model, num_classes=num_classes)
     vit.load_state_dict(state, strict=True)

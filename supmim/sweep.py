@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from supmim.compare import _stats, run_arm
+from supmim.compare import run_arm, seed_stats
 from supmim.config import RunConfig, parse_override, save_config, set_key, validate
 from supmim.engine.checkpoint import atomic_write_text
 from supmim.errors import ConfigError
@@ -171,7 +171,7 @@ def sweep(cfg: RunConfig, out_dir: str | Path, grid: dict[str, list[Any]], seeds
     for name, values, arm_cfg in all_arms:
         per_seed = [r for r in (done[(name, seed)] for seed in seeds) if r is not None]
         rows.append({"arm": name, "values": values, "seeds": per_seed,
-                     **{m: _stats([r[m] for r in per_seed if r[m] is not None])
+                     **{m: seed_stats([r[m] for r in per_seed if r[m] is not None])
                         for m in ("test_top1", "knn_top1", "train_seconds")
                         if any(r[m] is not None for r in per_seed)}})
     bases = {name: arm_cfg for name, _, arm_cfg in all_arms if name.startswith(BASELINE)}
