@@ -261,7 +261,7 @@ def bench(b: BenchConfig) -> dict[str, Any]:
 def loader_throughput(b: BenchConfig, batches: int = 20) -> dict[str, Any]:
     """Images/s the training data loader delivers on ``b.data`` (decode + augmentation,
     ``b.workers`` workers, pinned memory on CUDA), after one warm-up batch."""
-    from supmim.engine.trainer import build_run_data
+    from supmim.data.splits import build_run_data
     cfg = run_config(BenchConfig(**{**asdict(b), "target": "none"}), None)
     cfg.data.data = b.data
     data = build_run_data(cfg)

@@ -124,7 +124,7 @@ def knn_top1(run_dir: Path, cfg: RunConfig, k: int = 20, progress: bool = False)
         return float(json.loads(cache.read_text())["top1"])
     import torch
 
-    from supmim.engine.trainer import build_run_data
+    from supmim.data.splits import build_run_data
     from supmim.evaluation.features import extract_features, l2_normalize, make_loader
     from supmim.evaluation.knn import knn_evaluate
     from supmim.export import load_run_encoder

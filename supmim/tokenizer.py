@@ -13,7 +13,7 @@ from torchvision import transforms as T
 
 from supmim.config import RunConfig
 from supmim.data import ImageDataset, labels_of, resolve_data
-from supmim.engine.trainer import split_indices
+from supmim.data.splits import split_indices
 from supmim.errors import ConfigError
 from supmim.targets.tokenizer_train import (TokenizerTrainConfig, evaluate_tokenizer,
                                             train_tokenizer)

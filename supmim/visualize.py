@@ -167,7 +167,7 @@ def load_run_model(run_dir: str | Path, *, data: str | None = None, checkpoint: 
     its :class:`~supmim.engine.trainer.RunData` (built from ``data`` when given)."""
     from supmim.config import load_config
     from supmim.engine.checkpoint import latest_checkpoint, load_checkpoint
-    from supmim.engine.trainer import build_run_data
+    from supmim.data.splits import build_run_data
     from supmim.errors import CheckpointError
     from supmim.models import create_vit
     from supmim.models.joint import SupMimModel

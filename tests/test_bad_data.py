@@ -187,7 +187,7 @@ def test_structural_problems_fail_before_training(tmp_path):
 def test_train_split_as_eval_leaves_unreadable_images_out(tmp_path):
     """``build_run_data(train_as_eval=True)`` (kNN feature banks): the training images under
     the deterministic eval transform, an unreadable one labelled -1 instead of replaced."""
-    from supmim.engine.trainer import build_run_data
+    from supmim.data.splits import build_run_data
     data = make_image_folder(tmp_path / "data")
     _broken(tmp_path / "data" / "train" / "c1")
     cfg = build_config(preset="tiny-test", extra={"data.data": str(data),

@@ -26,11 +26,9 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from timm.data import Mixup
 from timm.optim import create_optimizer_v2
@@ -41,10 +39,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from supmim.config import RunConfig, save_config
-from supmim.data import (EpochSampler, ImageDataset, build_eval_transform,
-                         build_train_transform, channel_stats, labels_of, mix_seed,
-                         read_bad_log, resolve_data, seed_all, stratified_split,
-                         stratified_subset)
+from supmim.data import EpochSampler, mix_seed, read_bad_log, seed_all
+from supmim.data.splits import RunData, build_run_data, split_indices  # noqa: F401 (re-export)
+from supmim.device import amp_dtype, resolve_device  # noqa: F401 (re-export)
 from supmim.engine import dist
 from supmim.engine.checkpoint import (atomic_write_text, epoch_folder, latest_checkpoint,
                                       load_checkpoint, prune_checkpoints, save_checkpoint,
@@ -55,88 +52,7 @@ from supmim.models import SupMimModel, create_vit, grid_of
 from supmim.models.pretrained import init_encoder
 from supmim.targets import build_target
 
-SPLIT_SEED = 0  # the train/val split and training subset are the same for every training seed
 BAD_FILES = "bad_files.txt"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is '{name}' but CUDA is not available; use cpu or auto")
-    return device
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where it pays off: on CUDA by default, on request elsewhere."""
-    if mode == "off":
-        return None
-    if mode == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-@dataclass
-class RunData:
-    """Datasets of one run; ``eval`` is what the per-epoch evaluation uses."""
-
-    train: Dataset
-    eval: Dataset | None
-    eval_split: str
-    test: Dataset | None
-    test_split: str
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def split_indices(cfg: RunConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Training indices (after the subset) and validation indices (None without a val split)."""
-    d = cfg.data
-    train_idx, val_idx = np.arange(len(labels)), None
-    if d.val_fraction > 0:
-        train_idx, val_idx = stratified_split(labels, d.val_fraction, SPLIT_SEED)
-    if d.train_samples:
-        if d.train_samples > len(train_idx):
-            raise ConfigError(f"data.train_samples ({d.train_samples}) exceeds the "
-                              f"{len(train_idx)} training images available")
-        train_idx = train_idx[stratified_subset(labels[train_idx], d.train_samples, SPLIT_SEED)]
-    return train_idx, val_idx
-
-
-def build_run_data(cfg: RunConfig, bad_log: Path | None = None, *,
-                   train_as_eval: bool = False) -> RunData:
-    """Resolve ``--data``, carve the validation split, apply the training subset.
-
-    Unreadable images are replaced by the next readable one in training and left out of
-    evaluation; each is appended to ``bad_log``. ``train_as_eval``: the training images
-    under the evaluation transform, unreadable ones left out (feature banks, e.g. kNN).
-    """
-    d, m = cfg.data, cfg.model
-    src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
-    mean, std = channel_stats(d.mean or src.mean, d.std or src.std, m.in_chans)
-    train_idx, val_idx = split_indices(cfg, labels_of(src.train))
-    train_tf = build_train_transform(m.img_size, m.in_chans, mean, std, crop=d.crop, pad=d.pad,
-                                     hflip=d.hflip, rand_augment=d.rand_augment,
-                                     re_prob=d.re_prob, interpolation=d.interpolation)
-    eval_tf = build_eval_transform(m.img_size, mean, std, crop_pct=d.crop_pct,
-                                   interpolation=d.interpolation)
-    train = ImageDataset(src.train, eval_tf if train_as_eval else train_tf, m.in_chans,
-                         indices=train_idx, on_error="skip" if train_as_eval else "substitute",
-                         bad_log=bad_log)
-    test = ImageDataset(src.test, eval_tf, m.in_chans, on_error="skip", bad_log=bad_log) \
-        if src.test is not None else None
-    val = ImageDataset(src.train, eval_tf, m.in_chans, indices=val_idx, on_error="skip",
-                       bad_log=bad_log) if val_idx is not None else None
-    if val is None and test is None:
-        raise ConfigError(f"'{d.data}' has no test split: set data.val_fraction > 0 so a "
-                          "validation split is carved from train")
-    return RunData(train=train, eval=val or test, eval_split="val" if val is not None
-                   else src.test_split, test=test, test_split=src.test_split,
-                   classes=list(src.classes), mean=tuple(mean), std=tuple(std))
 
 
 def accuracy_counts(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
