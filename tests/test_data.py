@@ -26,15 +26,19 @@ import timm.data
 from supmim.data import (
     ACCEPTED_FORMS,
     ArrayDataset,
+    DataSource,
     ImageDataset,
+    ReadContext,
     build_eval_transform,
     build_train_transform,
     channel_stats,
     labels_of,
     read_idx,
+    register_reader,
     resolve_data,
     stratified_split,
     stratified_subset,
+    unregister_reader,
 )
 from supmim.errors import DataError
 
@@ -357,6 +361,90 @@ def test_cifar_missing_without_download(tmp_path: Path, name: str, folder: str) 
     assert folder in str(err.value) and "--data-root" in str(err.value)
     with pytest.raises(DataError, match="--download"):
         resolve_data(name, cache_dir=str(tmp_path / "cache"))
+
+
+# --------------------------------------------------------------------------- reader registry
+
+TOY_MARKER = "TOY_FORMAT"
+
+
+def _toy_source(path: Path, ctx: ReadContext) -> DataSource:
+    """A toy format: the marker file holds the number of 4x4 grey images, labels alternate 0/1."""
+    n = int((path / TOY_MARKER).read_text())
+    images = np.full((n, 4, 4), 7, dtype=np.uint8)
+    ds = ArrayDataset(images, np.arange(n) % 2)
+    return DataSource(ctx.name, ds, None, "", ["even", "odd"], (0.5,) * 3, (0.5,) * 3, (4, 4), True)
+
+
+@pytest.fixture
+def toy_reader():
+    register_reader("toy-format", lambda p: (p / TOY_MARKER).is_file(), _toy_source)
+    yield
+    unregister_reader("toy-format")
+
+
+def test_registered_reader_is_dispatched_to(tmp_path: Path, toy_reader) -> None:
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / TOY_MARKER).write_text("5")
+    src = resolve_data(str(folder))
+    assert src.name == str(folder.resolve()) and src.classes == ["even", "odd"]
+    assert labels_of(src.train).tolist() == [0, 1, 0, 1, 0] and src.test is None
+    # The same files in an archive: the extracted folder goes through the registry too.
+    archive = tmp_path / "toy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / TOY_MARKER, arcname=TOY_MARKER)
+    src = resolve_data(str(archive), cache_dir=str(tmp_path / "cache"))
+    assert src.name == str(archive.resolve()) and len(src.train) == 5
+
+
+def test_unregistered_reader_is_gone(tmp_path: Path) -> None:
+    (tmp_path / TOY_MARKER).write_text("5")
+    register_reader("toy-format", lambda p: (p / TOY_MARKER).is_file(), _toy_source)
+    assert unregister_reader("toy-format") is not None
+    with pytest.raises(DataError, match="has no train/ folder"):  # back to the image-folder reader
+        resolve_data(str(tmp_path))
+
+
+def test_registered_dataset_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ReadContext] = []
+
+    def load(path: Path, ctx: ReadContext) -> DataSource:
+        seen.append(ctx)
+        return _toy_source(tmp_path, ctx)
+
+    (tmp_path / TOY_MARKER).write_text("3")
+    register_reader("toy-set", None, load)
+    try:
+        src = resolve_data("Toy_Set", root="/somewhere", download=True)
+        assert len(src.train) == 3 and seen[-1].root == "/somewhere" and seen[-1].download
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(DataError, match="no such folder or file"):  # a path, not the name
+            resolve_data("./toy-set")
+    finally:
+        unregister_reader("toy-set")
+
+
+def test_deprecated_module_paths_alias_the_new_objects() -> None:
+    import supmim.data.hf as old_hf
+    import supmim.data.readers.hf as new_hf
+    import supmim.data.readers.shards as new_shards
+    import supmim.data.readers.tiny_imagenet as new_tiny
+    import supmim.data.shards as old_shards
+    import supmim.data.sources as old_sources
+    import supmim.data.tiny_imagenet as old_tiny
+    from supmim import data
+
+    for name in ("INDEX", "ShardDataset", "is_shard_folder", "load_shards", "pack"):
+        assert getattr(old_shards, name) is getattr(new_shards, name)
+    for name in ("HFImageDataset", "is_hf_folder", "load_hf"):
+        assert getattr(old_hf, name) is getattr(new_hf, name)
+    for name in ("is_tiny_imagenet", "load_tiny_imagenet"):
+        assert getattr(old_tiny, name) is getattr(new_tiny, name)
+    for name in ("ACCEPTED_FORMS", "ArrayDataset", "DataSource", "FolderDataset", "IMAGE_EXTENSIONS",
+                 "cache_root", "extract_archive", "labels_of", "read_idx", "resolve_data",
+                 "stratified_split", "stratified_subset"):
+        assert getattr(old_sources, name) is getattr(data, name)
 
 
 # --------------------------------------------------------------------------- splits

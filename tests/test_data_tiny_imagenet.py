@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from supmim.data import ImageDataset, build_train_transform, resolve_data
-from supmim.data.tiny_imagenet import is_tiny_imagenet
+from supmim.data.readers.tiny_imagenet import is_tiny_imagenet
 from supmim.errors import DataError
 from supmim.evaluation.common import shared_data_dir
 from supmim.evaluation.datasets import load_split

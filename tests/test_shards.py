@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from supmim.cli import main
 from supmim.config import build_config
 from supmim.data import labels_of, resolve_data
-from supmim.data.shards import INDEX
-from supmim.engine.trainer import train
+from supmim.data.readers.shards import INDEX
+from supmim.training import train
 from supmim.errors import DataError
 from tests._fixtures import make_image_folder
 

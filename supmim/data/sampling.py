@@ -1,5 +1,5 @@
-"""Derived randomness: data order, augmentation and per-step seeds are functions of the run's
-seed and a position, never of how much random state happened to be consumed before.
+"""The training sampler: the data order and each sample's augmentation seed are functions of
+the run's seed, the epoch and a position (see :mod:`supmim.seeds`).
 
 That is what makes a run resumable at any step (the sampler starts mid-epoch, every sample's
 augmentation and every step's dropout replay exactly) and what makes a sample's augmentation
@@ -8,49 +8,14 @@ independent of which data-loader worker or which process (rank) happens to load 
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-_MASK64 = (1 << 63) - 1
+from supmim.seeds import SeededSample, mix_seed, sample_seed, seed_all
 
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, so that nearby tuples give unrelated seeds."""
-    seq = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFF for p in parts])
-    return int.from_bytes(seq.generate_state(2, dtype=np.uint32).tobytes(), "little") & _MASK64
-
-
-def seed_all(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class SeededSample:
-    """Run ``fn`` with the global RNGs seeded from ``seed``, restoring their state afterwards,
-    so a sample's augmentation depends only on its own seed (and leaves the caller's streams
-    untouched when loading happens in the main process)."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        self._state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        seed = self.seed
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.random.default_generator.manual_seed(seed)  # CPU only: transforms run on CPU
-
-    def __exit__(self, *exc: object) -> None:
-        py, npy, th = self._state
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
+__all__ = ["EpochSampler", "SeededSample", "mix_seed", "seed_all"]
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -95,4 +60,4 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         base = mix_seed(self.seed, self.epoch, 0xA06)
         for pos in self.order()[self.start:].tolist():
-            yield pos, (base + pos * 0x9E3779B97F4A7C15) & _MASK64
+            yield pos, sample_seed(base, pos)

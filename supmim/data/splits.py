@@ -13,7 +13,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from supmim.data.datasets import ImageDataset
-from supmim.data.sources import labels_of, resolve_data, stratified_split, stratified_subset
+from supmim.data.readers.registry import resolve_data
+from supmim.data.source import labels_of
+from supmim.data.stratified import stratified_split, stratified_subset
 from supmim.data.transforms import build_eval_transform, build_train_transform, channel_stats
 from supmim.config import RunConfig
 from supmim.errors import ConfigError

@@ -1,0 +1,186 @@
+"""The one registry of ``--data`` readers, and :func:`resolve_data`, which dispatches to it.
+
+A reader is a name, a ``detect(path) -> bool`` and a ``load(path, ctx) -> DataSource``.
+Readers register themselves when their module is imported (``supmim.data.readers``
+imports every built-in one); a reader registered with ``detect=None`` is a built-in
+dataset picked by its name instead of by a path.
+
+Dispatch (:func:`resolve_data`):
+
+1. a spec that names a by-name reader (case, ``-`` and ``_`` ignored) and has no path
+   separator and no leading ``.`` is that dataset, even if a same-named folder exists;
+2. an existing folder or file goes to the first path reader, by ``order``, whose
+   ``detect`` accepts it (shards 10, Hugging Face 20, Tiny ImageNet 30, new readers 50 by
+   default, image-folder tree 90, archive 95);
+3. an archive's extracted folder is read the same way, by the readers registered with
+   ``in_archives=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from supmim.data.source import IMAGE_EXTENSIONS, DataSource
+from supmim.errors import DataError
+
+__all__ = [
+    "ACCEPTED_FORMS",
+    "DEFAULT_ORDER",
+    "Detect",
+    "Load",
+    "ReadContext",
+    "Reader",
+    "read_extracted",
+    "register_reader",
+    "registered_readers",
+    "resolve_data",
+    "unregister_reader",
+]
+
+ACCEPTED_FORMS = (
+    "Accepted forms of --data:\n"
+    "  - a folder containing train/ and val/ (or test/), each with one sub-folder per class\n"
+    "    holding images (" + " ".join(IMAGE_EXTENSIONS) + ");\n"
+    "  - a .tar, .tar.gz or .tgz archive of such a folder (it may sit under one top-level folder);\n"
+    "  - the Tiny ImageNet layout (wnids.txt, train/<wnid>/images/*.JPEG, val/images/ +\n"
+    "    val/val_annotations.txt), as a folder or such an archive: classes = sorted wnids, test split = val;\n"
+    "  - a folder of WebDataset shards written by `supmim data pack`;\n"
+    "  - a Hugging Face dataset saved with save_to_disk (Image + ClassLabel columns);\n"
+    "  - fashion-mnist  (apt-get install dataset-fashion-mnist, or --data-root with the four IDX .gz files);\n"
+    "  - digits         (scikit-learn's load_digits; pip install scikit-learn);\n"
+    "  - cifar10 or cifar100  (torchvision; pass --download, or --data-root with the extracted files)."
+)
+
+DEFAULT_ORDER = 50
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """What a reader's ``load`` gets besides the path.
+
+    ``name`` is the :attr:`DataSource.name` to give (the resolved path of the folder or
+    archive the user passed, or the dataset's name); ``what`` is ``"folder"``, ``"file"``,
+    ``"archive"`` (an archive's extracted folder) or ``"builtin"``, for error messages.
+    ``root``, ``download`` and ``cache_dir`` are :func:`resolve_data`'s arguments.
+    """
+
+    spec: str
+    name: str
+    what: str
+    root: str | None = None
+    download: bool = False
+    cache_dir: str | None = None
+
+
+Detect = Callable[[Path], bool]
+Load = Callable[[Path, ReadContext], DataSource]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One registered source format; see :func:`register_reader`."""
+
+    name: str
+    detect: Detect | None
+    load: Load
+    order: int = DEFAULT_ORDER
+    in_archives: bool = True
+
+    @property
+    def by_name(self) -> bool:
+        """Whether this is a built-in dataset selected by its name rather than by a path."""
+        return self.detect is None
+
+
+_READERS: dict[str, Reader] = {}
+
+
+def name_key(name: str) -> str:
+    """The form a dataset name is matched in: lower case, without ``-`` and ``_``."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def register_reader(name: str, detect: Detect | None, load: Load, *, order: int = DEFAULT_ORDER,
+                    in_archives: bool = True) -> Reader:
+    """Add (or, under a name already taken, replace) a reader and return it.
+
+    ``detect(path)`` is called with any existing file or folder and must not raise for
+    ones it does not read; ``None`` makes ``name`` a built-in dataset, chosen when
+    ``--data`` is that name (then ``load`` gets ``Path(spec)``). Path readers are tried
+    by ascending ``order``, ties in registration order. ``in_archives``: also try it on
+    the folder an archive extracts to.
+    """
+    reader = Reader(name, detect, load, order, in_archives)
+    _READERS[name] = reader
+    return reader
+
+
+def unregister_reader(name: str) -> Reader | None:
+    """Remove the reader called ``name``; return it (None when there was none)."""
+    return _READERS.pop(name, None)
+
+
+def registered_readers() -> list[Reader]:
+    """Every reader, built-in datasets first, then path readers in dispatch order."""
+    return sorted(_READERS.values(), key=lambda r: (not r.by_name, r.order))
+
+
+def _by_name(spec: str) -> Reader | None:
+    """The by-name reader ``spec`` names, unless it is written as a path."""
+    if os.sep in spec or spec.startswith("."):
+        return None
+    key = name_key(spec)
+    return next((r for r in registered_readers() if r.by_name and name_key(r.name) == key), None)
+
+
+def _detecting(path: Path, *, extracted: bool) -> Reader | None:
+    """The first path reader that accepts ``path`` (only ``in_archives`` ones if ``extracted``)."""
+    for reader in registered_readers():
+        if reader.detect is None or (extracted and not reader.in_archives):
+            continue
+        if reader.detect(path):
+            return reader
+    return None
+
+
+def read_extracted(folder: Path, ctx: ReadContext) -> DataSource:
+    """Read an archive's extracted ``folder`` with the readers that accept archives."""
+    reader = _detecting(folder, extracted=True)
+    if reader is None:
+        raise DataError(f"archive {ctx.name} holds no layout supmim reads.\n" + ACCEPTED_FORMS)
+    return reader.load(folder, replace(ctx, what="archive"))
+
+
+def _read_path(path: Path, ctx: ReadContext) -> DataSource:
+    """Read an existing file or folder with the first path reader that accepts it."""
+    reader = _detecting(path, extracted=False)
+    if reader is not None:
+        return reader.load(path, ctx)
+    if ctx.what == "file":
+        raise DataError(f"--data {ctx.spec!r} is a file but not a .tar/.tar.gz/.tgz archive.\n" + ACCEPTED_FORMS)
+    raise DataError(f"--data {ctx.spec!r} is a folder in no layout supmim reads.\n" + ACCEPTED_FORMS)
+
+
+def resolve_data(
+    spec: str, *, root: str | None = None, download: bool = False, cache_dir: str | None = None
+) -> DataSource:
+    """Turn ``--data`` into a :class:`DataSource`; see :data:`ACCEPTED_FORMS`.
+
+    A built-in name wins over a same-named folder in the working directory; write
+    ``./cifar10`` to mean the folder. ``root`` (``--data-root``) only matters for the
+    built-in datasets; ``cache_dir`` holds extracted archives and downloads.
+    """
+    spec = str(spec).strip()
+    named = _by_name(spec)
+    if named is not None:
+        return named.load(Path(spec), ReadContext(spec, named.name, "builtin", root, download, cache_dir))
+    path = Path(spec).expanduser()
+    if path.is_dir() or path.is_file():
+        what = "folder" if path.is_dir() else "file"
+        return _read_path(path, ReadContext(spec, str(path.resolve()), what, root, download, cache_dir))
+    if path.exists():
+        raise DataError(f"--data {spec!r} is neither a folder nor a regular file.\n" + ACCEPTED_FORMS)
+    raise DataError(f"--data {spec!r}: no such folder or file, and not a built-in dataset name.\n" + ACCEPTED_FORMS)
