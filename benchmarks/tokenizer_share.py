@@ -28,7 +28,7 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from supmim.config import build_config
-from supmim.masking import build_masker, sample_masks
+from supmim.models.masking import build_masker, sample_masks
 from supmim.models import create_vit
 from supmim.models.encoder import grid_of
 from supmim.models.joint import SupMimModel

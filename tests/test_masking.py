@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supmim.errors import ConfigError
-from supmim.masking import BlockMasking, RandomMasking, build_masker, num_masked, sample_masks
+from supmim.models.masking import BlockMasking, RandomMasking, build_masker, num_masked, sample_masks
 
 
 @settings(max_examples=60, deadline=None)

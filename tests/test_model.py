@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from supmim.config import MimConfig, ModelConfig
-from supmim.masking import RandomMasking, sample_masks
+from supmim.config import ModelConfig
+from supmim.models.masking import RandomMasking, sample_masks
 from supmim.models import SupMimModel, create_vit, forward_masked
 from supmim.targets import build_target
 
@@ -15,14 +15,20 @@ MODEL = ModelConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2
 
 
 def make_model(mode: str = "drop", target: str = "pixel", pool: str = "avg",
-               depth: int = 1) -> SupMimModel:
+               depth: int = 1, soft_temperature: float | None = None) -> SupMimModel:
     torch.manual_seed(0)
     cfg = ModelConfig(**{**MODEL.__dict__, "global_pool": pool})
-    mim = MimConfig(target=target, mode=mode, decoder_dim=32, decoder_heads=2,
-                    decoder_depth=depth, mask_ratio=0.5)
-    tgt = build_target(target, img_size=16, patch_size=4, in_chans=3)
+    if target == "vq":  # an untrained tokenizer with an 11-code codebook, 4x4 tokens
+        from supmim.targets import TokenizerConfig, VQTokenizer
+        tgt = build_target("vq", img_size=16, patch_size=4, in_chans=3,
+                           tokenizer=VQTokenizer(TokenizerConfig(codebook_size=11, img_size=16,
+                                                                 channels=8)),
+                           soft_temperature=soft_temperature)
+    else:
+        tgt = build_target(target, img_size=16, patch_size=4, in_chans=3)
     return SupMimModel(create_vit(cfg, num_classes=5), mean=[0.5] * 3, std=[0.25] * 3,
-                       mim=mim, target=tgt).eval()
+                       target=tgt, mask_token=mode == "mask_token", decoder_dim=32,
+                       decoder_heads=2, decoder_depth=depth).eval()
 
 
 def batch(n: int = 4):
@@ -82,11 +88,8 @@ def test_mim_loss_only_counts_hidden_positions(target, monkeypatch):
 
 
 def test_token_loss_equals_cross_entropy_over_hidden_positions(monkeypatch):
-    model = make_model()
-    # A token target: replace the pixel target by fixed ids and a matching head size.
-    from supmim.models.decoder import MimDecoder
-    model.decoder = MimDecoder(32, (4, 4), 1, out_dim=11, dim=32, depth=1, heads=2)
-    model.target.kind, model.target.out_dim = "tokens", 11
+    model = make_model(target="vq")
+    assert model.decoder.head.out_features == 11  # one logit per code
     images, _, mask = batch()
     ids = torch.randint(0, 11, (4, 16))
     monkeypatch.setattr(model, "mim_targets", lambda _: ids)
@@ -100,10 +103,7 @@ def test_token_loss_equals_cross_entropy_over_hidden_positions(monkeypatch):
 
 def test_soft_token_loss_is_cross_entropy_against_the_distribution_on_hidden_positions(
         monkeypatch):
-    model = make_model()
-    from supmim.models.decoder import MimDecoder
-    model.decoder = MimDecoder(32, (4, 4), 1, out_dim=11, dim=32, depth=1, heads=2)
-    model.target.kind, model.target.out_dim = "soft_tokens", 11
+    model = make_model(target="vq", soft_temperature=0.1)
     images, _, mask = batch()
     probs = torch.softmax(torch.randn(4, 16, 11, generator=torch.Generator().manual_seed(3)), -1)
     monkeypatch.setattr(model, "mim_targets", lambda _: probs)
@@ -142,7 +142,7 @@ def test_both_losses_reach_the_encoder():
 def test_weight_scales_the_mim_term():
     model = make_model().train()
     images, labels, mask = batch()
-    model.mim.weight = 0.3
+    model.weight = 0.3
     out = model(images, labels, mask)
     assert torch.allclose(out.loss, out.loss_cls + 0.3 * out.loss_mim)
 
@@ -163,8 +163,8 @@ def test_mim_branch_does_not_disturb_the_supervised_rng():
     for enabled in (False, True):
         torch.manual_seed(0)
         model = SupMimModel(create_vit(cfg, 5), mean=[0.5] * 3, std=[0.25] * 3,
-                            mim=MimConfig(target="pixel", enabled=enabled, decoder_dim=32,
-                                          decoder_heads=2), target=tgt).train()
+                            target=tgt if enabled else None, decoder_dim=32,
+                            decoder_heads=2).train()
         torch.manual_seed(123)
         first = model(images, labels, mask).loss_cls
         second = model(images, labels, mask).loss_cls  # RNG after one step must match too
@@ -193,14 +193,14 @@ def test_one_pass_classifies_the_masked_image_only():
     model = make_model("drop")
     images, labels, mask = batch()
     noise = torch.randn_like(images) * _patchwise(mask)
-    model.mim.passes = 1
+    model.passes = 1
     with torch.no_grad():
         a = model(images, labels, mask)
         b = model(images + noise, labels, mask)
     assert torch.allclose(a.logits, b.logits, atol=1e-6)
     z = forward_masked(model.encoder, images, mask, None)
     assert torch.allclose(a.logits, model.encoder.forward_head(z), atol=1e-6)
-    model.mim.passes = 2
+    model.passes = 2
     with torch.no_grad():
         c = model(images, labels, mask)
         d = model(images + noise, labels, mask)

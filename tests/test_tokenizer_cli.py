@@ -11,7 +11,7 @@ from _fixtures import make_image_folder
 from supmim.cli import IMPORT_FORMATS, main
 from supmim.targets import (CHECKPOINT_FORMATS, TokenCache, VQTarget, load_tokenizer,
                             precompute_tokens)
-from supmim.targets.checkpoint_formats import sha256_of
+from supmim.targets.tokenizers.third_party import sha256_of
 from test_vqgan import random_state, smooth_images, source_shapes
 
 

@@ -22,9 +22,9 @@ from torch import Tensor
 from supmim.errors import CheckpointError, ConfigError
 from supmim.targets import (VQGAN, VQGANConfig, VQTarget, VQTokenizer, build_target,
                             import_checkpoint, import_tokenizer, load_tokenizer)
-from supmim.targets.checkpoint_formats import load_flax_msgpack, sha256_of
-from supmim.targets.vqgan import Downsample
-from supmim.targets.vqgan_import import map_state_dict
+from supmim.targets.tokenizers.third_party import load_flax_msgpack, sha256_of
+from supmim.targets.tokenizers.vqgan import Downsample
+from supmim.targets.tokenizers.importers import map_state_dict
 
 CH, MULT, NRB, Z, K = 32, (1, 1, 2), 2, 32, 24  # f4: 16x16 images -> 4x4 tokens
 
@@ -455,7 +455,7 @@ def flax_case() -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def import_flax(tree: Mapping) -> VQGAN:
-    from supmim.targets.vqgan_import import build_from_state, convert_maskgit_flax
+    from supmim.targets.tokenizers.importers import build_from_state, convert_maskgit_flax
     state, _ = convert_maskgit_flax(tree)
     return build_from_state(state, "maskgit")
 
@@ -539,7 +539,7 @@ def test_every_source_key_is_mapped_once_with_its_shape() -> None:
         src = random_state(source_shapes(layout, **kw))
         mapped, dropped = map_state_dict(src, fmt)
         assert len(mapped) == len(src) and not dropped  # injective, nothing dropped
-        from supmim.targets.vqgan_import import build_from_state
+        from supmim.targets.tokenizers.importers import build_from_state
         model = build_from_state(mapped, "taming" if layout == "taming" else "maskgit")
         assert set(model.state_dict()) == set(mapped)
         values = {id(v) for v in src.values()}
@@ -555,7 +555,7 @@ def test_taming_lightning_ckpt_matches_reference_forward(tmp_path) -> None:
     x = smooth_images(3, seed=5)
     # codes from real latents of the [-1, 1] input (taming/data/base.py: x / 127.5 - 1)
     probe = with_data_codebook(sd, torch.zeros(1, Z, 1, 1))
-    from supmim.targets.vqgan_import import build_from_state
+    from supmim.targets.tokenizers.importers import build_from_state
     tmp_model = build_from_state(map_state_dict(probe, "taming-ckpt")[0], "taming")
     sd = with_data_codebook(sd, tmp_model.encode_latents(x))
     ckpt = {"epoch": 3, "global_step": 1000, "pytorch-lightning_version": "1.0.8",

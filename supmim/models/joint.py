@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from supmim.config import MimConfig
 from supmim.models.decoder import MimDecoder
 from supmim.models.encoder import forward_masked, grid_of
 
@@ -38,16 +37,20 @@ class StepOutput:
 class SupMimModel(nn.Module):
     """Encoder + (optional) MIM decoder and frozen target.
 
-    ``mim=None`` or ``mim.enabled=False`` gives the plain supervised model. The MIM branch's
-    randomness (drop-path) runs on a forked RNG seeded per step, and the decoder is initialised
-    on a forked RNG too, so the supervised branch sees exactly the random numbers it would see
-    without MIM: with weight 0 the encoder trains bit-for-bit like the baseline.
+    ``target=None`` gives the plain supervised model. ``weight`` is lambda; ``passes`` 2
+    classifies the clean image (the paper), 1 the masked one (SupMAE); ``mask_token``
+    replaces hidden patches by a learned [MASK] embedding (BEiT) instead of dropping them
+    (MAE). The MIM branch's randomness (drop-path) runs on a forked RNG seeded per step, and
+    the decoder is initialised on a forked RNG seeded by ``init_seed``, so the supervised
+    branch sees exactly the random numbers it would see without MIM: with weight 0 the
+    encoder trains bit-for-bit like the baseline.
     """
 
     def __init__(self, encoder: VisionTransformer, *, mean: Sequence[float],
-                 std: Sequence[float], mim: MimConfig | None = None,
-                 target: nn.Module | None = None, label_smoothing: float = 0.0,
-                 seed: int = 0) -> None:
+                 std: Sequence[float], target: nn.Module | None = None, weight: float = 1.0,
+                 passes: int = 2, mask_token: bool = False, decoder_dim: int = 128,
+                 decoder_depth: int = 1, decoder_heads: int = 4, label_smoothing: float = 0.0,
+                 init_seed: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.label_smoothing = label_smoothing
@@ -56,31 +59,31 @@ class SupMimModel(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, chans, 1, 1),
                              persistent=False)
-        self.mim = mim if mim is not None and mim.enabled else None
+        self.weight, self.passes = float(weight), int(passes)
+        self.target = target
         self.decoder: MimDecoder | None = None
         self.mask_token: nn.Parameter | None = None
-        self.target = target if self.mim is not None else None
-        if self.mim is not None:
-            if target is None:
-                raise ValueError("the MIM branch needs a target module")
-            for p in target.parameters():
-                p.requires_grad_(False)
-            target.eval()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 7919)
-                self._build_mim(encoder, self.mim, int(target.out_dim))
+        if target is None:
+            return
+        for p in target.parameters():
+            p.requires_grad_(False)
+        target.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            if mask_token:
+                self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+                nn.init.trunc_normal_(self.mask_token, std=0.02)
+            self.decoder = MimDecoder(encoder.embed_dim, grid_of(encoder),
+                                      encoder.num_prefix_tokens, int(target.out_dim),
+                                      dim=decoder_dim, depth=decoder_depth, heads=decoder_heads)
 
-    def _build_mim(self, encoder: VisionTransformer, mim: MimConfig, out_dim: int) -> None:
-        if mim.mode == "mask_token":
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
-            nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.decoder = MimDecoder(encoder.embed_dim, grid_of(encoder), encoder.num_prefix_tokens,
-                                  out_dim, dim=mim.decoder_dim, depth=mim.decoder_depth,
-                                  heads=mim.decoder_heads)
+    @property
+    def has_mim(self) -> bool:
+        return self.target is not None
 
     @property
     def mim_weight(self) -> float:
-        return self.mim.weight if self.mim is not None else 0.0
+        return self.weight if self.has_mim else 0.0
 
     def train(self, mode: bool = True) -> "SupMimModel":
         super().train(mode)
@@ -117,17 +120,17 @@ class SupMimModel(nn.Module):
     def forward(self, images: Tensor, labels: Tensor, mask: Tensor | None = None,
                 mim_seed: int = 0) -> StepOutput:
         """images (B,C,H,W) normalised; labels (B,) ids or (B,K) soft; mask (B,N) bool."""
-        if self.mim is not None and mask is not None and self.mim.passes == 1:
+        if self.has_mim and mask is not None and self.passes == 1:
             return self._one_pass(images, labels, mask)
         logits = self.encoder(images)
         loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        if self.mim is None or mask is None:
+        if not self.has_mim or mask is None:
             return StepOutput(loss=loss_cls, loss_cls=loss_cls, logits=logits)
         devices = [images.device.index or 0] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(mim_seed)
             loss_mim, acc = self.mim_loss(images, mask)
-        loss = loss_cls + self.mim.weight * loss_mim
+        loss = loss_cls + self.weight * loss_mim
         return StepOutput(loss=loss, loss_cls=loss_cls, logits=logits, loss_mim=loss_mim,
                           mim_acc=acc)
 
@@ -135,13 +138,13 @@ class SupMimModel(nn.Module):
         """SupMAE-style: one encoder pass over the masked image feeds both the classifier
         (pooling the visible tokens) and the decoder; cheaper, but the classifier never sees
         a whole image in training."""
-        assert self.mim is not None and self.decoder is not None
+        assert self.target is not None and self.decoder is not None
         z = forward_masked(self.encoder, images, mask, self.mask_token)
         logits = self.encoder.forward_head(z)
         loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         pred = self.decoder(z, mask, dropped=self.mask_token is None)
-        loss_mim, acc = self._mim_loss_of(pred, self.mim_targets(images), mask)
-        return StepOutput(loss=loss_cls + self.mim.weight * loss_mim, loss_cls=loss_cls,
+        loss_mim, acc = self.target.loss(pred, self.mim_targets(images), mask)
+        return StepOutput(loss=loss_cls + self.weight * loss_mim, loss_cls=loss_cls,
                           logits=logits, loss_mim=loss_mim, mim_acc=acc)
 
     def mim_targets(self, images: Tensor) -> Tensor:
@@ -158,22 +161,6 @@ class SupMimModel(nn.Module):
 
     def mim_loss(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
         """Loss on hidden positions only, and token accuracy there (None for regression)."""
-        assert self.mim is not None and self.target is not None
+        assert self.target is not None
         target = self.mim_targets(images)
-        return self._mim_loss_of(self.mim_predict(images, mask), target, mask)
-
-    def _mim_loss_of(self, pred: Tensor, target: Tensor, mask: Tensor
-                     ) -> tuple[Tensor, Tensor | None]:
-        """pred (B,N,out_dim), target (B,N) ids or (B,N,D) values / code distributions,
-        mask (B,N): loss where hidden."""
-        assert self.mim is not None and self.target is not None
-        pred = pred[mask].float()  # (M, out_dim), M = hidden patches
-        if self.target.kind == "tokens":
-            ids = target[mask]
-            loss = F.cross_entropy(pred, ids, label_smoothing=self.mim.label_smoothing)
-            return loss, (pred.argmax(-1) == ids).float().mean().detach()
-        if self.target.kind == "soft_tokens":  # (B, N, K) distributions over the codebook
-            probs = target[mask].float()
-            loss = F.cross_entropy(pred, probs)
-            return loss, (pred.argmax(-1) == probs.argmax(-1)).float().mean().detach()
-        return F.mse_loss(pred, target[mask].float()), None
+        return self.target.loss(self.mim_predict(images, mask), target, mask)

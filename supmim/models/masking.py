@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from supmim.errors import ConfigError
+from supmim.seeds import mask_rng
 
 
 def num_masked(grid: tuple[int, int], ratio: float) -> int:
@@ -106,5 +107,5 @@ def sample_masks(masker: Masker, indices: Sequence[int] | torch.Tensor, epoch: i
     Sample ``i`` of ``epoch`` always gets the same mask for a given ``seed``.
     """
     idx = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
-    masks = [masker(np.random.default_rng([seed, epoch, int(i)])).reshape(-1) for i in idx]
+    masks = [masker(mask_rng(seed, epoch, i)).reshape(-1) for i in idx]
     return torch.from_numpy(np.stack(masks))

@@ -6,7 +6,10 @@ produces with ``flatten(2).transpose(1, 2)``, so target row ``k`` belongs to ViT
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supmim.errors import ConfigError
@@ -48,14 +51,42 @@ def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], in_chans
     return x.reshape(b, in_chans, gh * p, gw * p)
 
 
-class MimTarget(nn.Module):
-    """Per-patch MIM targets from images in [0, 1]. Frozen: no trainable parameters.
+def regression_loss(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, None]:
+    """Mean squared error on hidden positions: pred and target (B, N, D), mask (B, N) bool."""
+    return F.mse_loss(pred[mask].float(), target[mask].float()), None
 
-    Subclasses set ``kind`` ("tokens": (B, N) int64 class ids in [0, out_dim);
-    "regression": (B, N, out_dim) float32 vectors), ``out_dim``, ``grid`` = (gh, gw),
-    ``patch_size`` and ``in_chans``, and implement :meth:`compute`.
+
+def token_loss(pred: Tensor, ids: Tensor, mask: Tensor, label_smoothing: float = 0.0
+               ) -> tuple[Tensor, Tensor]:
+    """Cross-entropy on hidden positions and the token accuracy there: pred (B, N, K)
+    logits, ids (B, N) int64, mask (B, N) bool."""
+    logits, ids = pred[mask].float(), ids[mask]  # (M, K), (M,): M hidden patches
+    loss = F.cross_entropy(logits, ids, label_smoothing=label_smoothing)
+    return loss, (logits.argmax(-1) == ids).float().mean().detach()
+
+
+def soft_token_loss(pred: Tensor, probs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy against a distribution over the K codes on hidden positions, and the
+    accuracy of the argmax against the distribution's mode: pred (B, N, K) logits, probs
+    (B, N, K), mask (B, N) bool."""
+    logits, p = pred[mask].float(), probs[mask].float()
+    loss = F.cross_entropy(logits, p)
+    return loss, (logits.argmax(-1) == p.argmax(-1)).float().mean().detach()
+
+
+class MimTarget(nn.Module):
+    """Per-patch MIM targets from images in [0, 1], and the loss against them. Frozen: no
+    trainable parameters.
+
+    A target is one class: it registers its name with
+    :func:`supmim.targets.registry.register_target`, sets ``kind`` ("tokens": (B, N) int64
+    ids in [0, out_dim); "soft_tokens": (B, N, out_dim) distributions; "regression":
+    (B, N, out_dim) float32 vectors), ``out_dim``, ``grid`` = (gh, gw), ``patch_size`` and
+    ``in_chans``, and implements :meth:`compute` and :meth:`loss` (regression by default).
+    :meth:`options_from` names the ``mim.*`` config keys its constructor takes.
     """
 
+    name: ClassVar[str] = ""  # the registered name (mim.target), set by register_target
     kind: str
     out_dim: int
     grid: tuple[int, int]
@@ -105,6 +136,20 @@ class MimTarget(nn.Module):
     def compute(self, images: Tensor) -> Tensor:
         """The targets for checked float32 images; see :meth:`forward`."""
         raise NotImplementedError
+
+    def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The MIM loss on hidden positions and, for token targets, the accuracy there.
+
+        pred (B, N, out_dim) decoder outputs, target what :meth:`forward` returned, mask
+        (B, N) bool (True = hidden). Returns (scalar float32 loss, scalar accuracy or None).
+        """
+        return regression_loss(pred, target, mask)
+
+    @classmethod
+    def options_from(cls, mim: Any) -> dict[str, Any]:
+        """Constructor keywords taken from a ``mim`` config section (a
+        :class:`~supmim.config.MimConfig`); none by default."""
+        return {}
 
     def decode(self, pred: Tensor, *, reference: Tensor | None = None) -> Tensor | None:
         """Predictions (or targets) -> (B, C, H, W) images in [0, 1] for display, or None

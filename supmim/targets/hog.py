@@ -10,6 +10,7 @@ from torch import Tensor
 
 from supmim.errors import ConfigError
 from supmim.targets.base import MimTarget
+from supmim.targets.registry import register_target
 
 NBINS = 9  # unsigned orientations over [0, pi), 20 degrees apart, as in Dalal-Triggs and MaskFeat
 GRADIENTS = ("central", "sobel")
@@ -20,6 +21,7 @@ def default_cell(patch_size: int) -> int:
     return patch_size // 2 if patch_size >= 8 else patch_size
 
 
+@register_target("hog")
 class HogTarget(MimTarget):
     """HOG features for each patch: (B, N, C * 9 * (p // cell)**2) float32.
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from supmim.errors import ConfigError
 from supmim.targets.base import MimTarget, patchify, unpatchify
+from supmim.targets.registry import register_target
 
 EPS = 1e-6  # MAE's epsilon under the per-patch variance
 
@@ -15,6 +18,7 @@ def _patch_stats(patches: Tensor) -> tuple[Tensor, Tensor]:
     return patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
 
 
+@register_target("pixel")
 class PixelTarget(MimTarget):
     """MAE target: (B, N, p*p*C) float32 patch pixels in (p, p, C) order.
 
@@ -31,6 +35,10 @@ class PixelTarget(MimTarget):
             raise ConfigError("norm_pix needs patches of at least 2 values: use norm_pix=False")
         self.norm_pix = bool(norm_pix)
         self.out_dim = patch_size * patch_size * in_chans
+
+    @classmethod
+    def options_from(cls, mim: Any) -> dict[str, Any]:
+        return {"norm_pix": bool(mim.norm_pix)}
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, patch_size={self.patch_size}, norm_pix={self.norm_pix}"

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from supmim.device import uses_bf16
 from supmim.errors import ConfigError
-from supmim.targets.base import MimTarget
+from supmim.targets.base import MimTarget, soft_token_loss, token_loss
+from supmim.targets.registry import register_target
+from supmim.targets.tokenizers.files import HOW_TO_MAKE
+from supmim.targets.tokenizers.kinds import load_tokenizer
 
 # Largest resize between the ViT's images and the tokenizer's input (either way) we accept:
 # beyond it each token would describe a patch at a wildly different scale than it was trained on.
@@ -17,10 +23,11 @@ MAX_SCALE = 8.0
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+@register_target("vq")
 class VQTarget(MimTarget):
     """Token ids (B, N) int64 in [0, codebook_size) from a frozen tokenizer.
 
-    ``tokenizer`` is anything with the :class:`~supmim.targets.tokenizers.Tokenizer`
+    ``tokenizer`` is a saved tokenizer folder (or its ``.safetensors``) or anything with the :class:`~supmim.targets.tokenizers.Tokenizer`
     interface: the small trained :class:`~supmim.targets.vq.VQTokenizer` or an imported
     :class:`~supmim.targets.vqgan.VQGAN` (each maps [0, 1] images to its own input range).
     The tokenizer downsamples by ``factor`` and the ViT by ``patch_size``, so images are
@@ -35,14 +42,25 @@ class VQTarget(MimTarget):
     ``softmax(-d_k / (t * mean_k d_k))`` of each patch latent's squared distances d_k to the
     codes. Dividing by the mean distance makes t independent of the tokenizer's scale; the
     most likely code is always the hard id, and smaller t approaches the hard target.
+
+    Loss: cross-entropy on the hidden positions against the hard id (with
+    ``label_smoothing``) or against the soft distribution.
     """
 
     kind = "tokens"
 
-    def __init__(self, tokenizer: nn.Module, *, img_size: int | tuple[int, int], patch_size: int,
-                 in_chans: int = 3, precision: str = "auto",
-                 soft_temperature: float | None = None) -> None:
+    def __init__(self, tokenizer: nn.Module | str | Path | None = None, *,
+                 img_size: int | tuple[int, int], patch_size: int, in_chans: int = 3,
+                 precision: str = "auto", soft_temperature: float | None = None,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans)
+        if tokenizer is None or str(tokenizer) == "":
+            raise ConfigError(f"the 'vq' MIM target needs a trained tokenizer: {HOW_TO_MAKE}")
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = load_tokenizer(tokenizer)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
         if soft_temperature is not None:
             if soft_temperature <= 0:
                 raise ConfigError(f"soft_temperature must be > 0, got {soft_temperature}")
@@ -74,6 +92,19 @@ class VQTarget(MimTarget):
                 f"(factor {tokenizer.factor}) the {gh}x{gw} patch grid: more than {MAX_SCALE:g}x "
                 f"apart; use a tokenizer whose factor is nearer the patch size {patch_size}")
 
+    @classmethod
+    def options_from(cls, mim: Any) -> dict[str, Any]:
+        soft = mim.token_loss == "soft"
+        return {"tokenizer": mim.tokenizer, "precision": mim.tokenizer_precision,
+                "soft_temperature": mim.soft_temperature if soft else None,
+                "label_smoothing": 0.0 if soft else mim.label_smoothing}
+
+    def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """pred (B, N, K) logits; target (B, N) ids or (B, N, K) distributions."""
+        if self.soft_temperature is None:
+            return token_loss(pred, target, mask, self.label_smoothing)
+        return soft_token_loss(pred, target, mask)
+
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, patch_size={self.patch_size}, "
                 f"tokenizer_size={self.tokenizer_size}, codebook={self.out_dim}, "
@@ -86,8 +117,7 @@ class VQTarget(MimTarget):
                              antialias=True).clamp(0.0, 1.0)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
-        if not bf16:
+        if not uses_bf16(self.precision, device):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
 

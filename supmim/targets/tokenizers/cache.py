@@ -19,7 +19,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from supmim.errors import CheckpointError, ConfigError
-from supmim.targets.vq_target import VQTarget
 
 
 class TokenCache:
@@ -73,7 +72,7 @@ def cache_key(**parts: Any) -> str:
 
 
 @torch.no_grad()
-def precompute_tokens(target: VQTarget, dataset: Dataset, *, key: str,
+def precompute_tokens(target: Callable[[Tensor], Tensor], dataset: Dataset, *, key: str,
                       to_unit: Callable[[Tensor], Tensor] | None = None, batch_size: int = 256,
                       num_workers: int = 0, device: str | torch.device = "cpu") -> TokenCache:
     """Token ids of every item of ``dataset`` (items ``(image, ...)``; images in [0, 1], or
@@ -83,8 +82,9 @@ def precompute_tokens(target: VQTarget, dataset: Dataset, *, key: str,
     cached ids would describe a different view than the encoder sees."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=lambda b: torch.stack([item[0] for item in b]))
-    target = target.to(device)
-    small = target.out_dim <= torch.iinfo(torch.int16).max + 1
+    if hasattr(target, "to"):
+        target = target.to(device)  # type: ignore[attr-defined]
+    small = target.out_dim <= torch.iinfo(torch.int16).max + 1  # type: ignore[attr-defined]
     chunks = []
     for images in loader:
         images = images.to(device).float()

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from supmim.errors import CheckpointError
-from supmim.targets.checkpoint_formats import sha256_of
+from supmim.targets.tokenizers.third_party import sha256_of
 
 FORMAT = "supmim.vq_tokenizer"
 FORMAT_VERSION = 1

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from supmim.errors import CheckpointError, ConfigError
-from supmim.targets.checkpoint_formats import (check_sha256, find_state_dict, flatten_tree,
+from supmim.targets.tokenizers.third_party import (check_sha256, find_state_dict, flatten_tree,
                                                load_flax_msgpack, load_torch_file)
-from supmim.targets.vqgan import VQGAN, VQGANConfig
+from supmim.targets.tokenizers.vqgan import VQGAN, VQGANConfig
 
 FORMATS = ("maskgit-bin", "mage-ckpt", "maskgit-flax", "taming-ckpt")
 

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from supmim.errors import CheckpointError
-from supmim.targets.tokenizer_files import read_meta
-from supmim.targets.vq import VQTokenizer
-from supmim.targets.vqgan import VQGAN
+from supmim.targets.tokenizers.files import read_meta
+from supmim.targets.tokenizers.small_vq import VQTokenizer
+from supmim.targets.tokenizers.vqgan import VQGAN
 
 
 @runtime_checkable

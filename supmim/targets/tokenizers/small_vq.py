@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supmim.errors import CheckpointError, ConfigError
-
-from supmim.targets.tokenizer_files import (CONFIG_NAME, DEFAULT_KIND, FORMAT,  # noqa: F401
+from supmim.targets.tokenizers.files import (CONFIG_NAME, DEFAULT_KIND, FORMAT,  # noqa: F401
                                             FORMAT_VERSION, HOW_TO_MAKE, WEIGHTS_NAME,
                                             load_into, parse_config, read_meta, read_weights,
                                             write_tokenizer)

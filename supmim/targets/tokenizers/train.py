@@ -1,4 +1,4 @@
-"""Train and evaluate the small VQ tokenizer (:mod:`supmim.targets.vq`)."""
+"""Train and evaluate the small VQ tokenizer (:mod:`supmim.targets.tokenizers.small_vq`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from supmim.device import resolve_device
 from supmim.errors import ConfigError
-from supmim.targets.vq import TokenizerConfig, VQTokenizer
+from supmim.targets.tokenizers.small_vq import TokenizerConfig, VQTokenizer
 
 
 @dataclass
@@ -104,12 +105,6 @@ def _psnr(mse: float) -> float:
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def evaluate_tokenizer(tok: Any, data: Dataset, batch_size: int = 256,
                        max_batches: int | None = None, num_workers: int = 0) -> dict[str, float]:
@@ -174,7 +169,7 @@ def train_tokenizer(model_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
                           f"one batch of {train_cfg.batch_size}: lower batch_size or add data")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(train_cfg.device)
+    device = resolve_device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
     tok = VQTokenizer(model_cfg).to(device).train()
     opt = torch.optim.AdamW(tok.parameters(), lr=train_cfg.lr, betas=(0.9, 0.99),

@@ -25,7 +25,7 @@ codebook (first index on ties, as ``jnp.argmin`` and ``torch.argmin``). The Mask
 quirk (``residual = conv(x)`` after ``x`` was overwritten) is in the Flax original and in every
 port; it is kept so the imported weights compute what they were trained to compute.
 
-Module names are supmim's own; :mod:`supmim.targets.vqgan_import` maps each source's keys
+Module names are supmim's own; :mod:`supmim.targets.tokenizers.importers` maps each source's keys
 onto them.
 """
 
@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supmim.errors import CheckpointError, ConfigError
-from supmim.targets.tokenizer_files import load_into, parse_config, read_meta, write_tokenizer
-from supmim.targets.vq import TokenizerShape
+from supmim.targets.tokenizers.files import load_into, parse_config, read_meta, write_tokenizer
+from supmim.targets.tokenizers.small_vq import TokenizerShape
 
 ARCHS = ("maskgit", "taming")
 GN_EPS = 1e-6  # flax.linen.GroupNorm's default and taming's Normalize()
@@ -320,7 +320,7 @@ class VQGAN(TokenizerShape, nn.Module):
 
     ``encode`` maps [0, 1] into the family's own input range first (MaskGIT: unchanged,
     taming: ``2x - 1``); ``decode`` maps back and clamps to [0, 1]. Frozen use only: there is
-    no training path (see :mod:`supmim.targets.tokenizer_train` for a trainable tokenizer).
+    no training path (see :mod:`supmim.targets.tokenizers.train` for a trainable tokenizer).
     """
 
     def __init__(self, config: VQGANConfig | None = None) -> None:
@@ -387,7 +387,7 @@ class VQGAN(TokenizerShape, nn.Module):
     # ----------------------------------------------------------------- persistence
 
     def save(self, out_dir: str | Path) -> None:
-        """supmim's tokenizer folder (see :mod:`supmim.targets.tokenizer_files`)."""
+        """supmim's tokenizer folder (see :mod:`supmim.targets.tokenizers.files`)."""
         write_tokenizer(out_dir, self.state_dict(), kind=self.kind, config=asdict(self.config),
                         metadata=self.metadata)
 

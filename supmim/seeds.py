@@ -1,0 +1,90 @@
+"""Derived randomness: every seed of a run is a hash of the run's seed and a position.
+
+Data order, each sample's augmentation, each step's dropout / drop-path / mixup, each step's
+MIM branch, each sample's mask and the decoder's initialisation all come from here, never
+from how much random state happened to be consumed before. That makes a run resumable at
+any step, independent of data-loader workers and of the process (rank) a sample lands on,
+and keeps the MIM branch from disturbing the supervised one (lambda = 0 is the baseline
+bit for bit).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_MASK64 = (1 << 63) - 1
+# Stream tags: a stream's seed is mix_seed(seed, <positions>, TAG); distinct tags keep the
+# streams unrelated even at equal positions.
+_STEP_TAG = 0x57E9  # dropout, drop-path, mixup of one optimizer step
+_MIM_TAG = 0x313  # the MIM branch of one step (its drop-path), on a forked generator
+_INIT_TAG = 0xDEC  # the MIM decoder's initialisation, on a forked generator
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, so that nearby tuples give unrelated seeds."""
+    seq = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFF for p in parts])
+    return int.from_bytes(seq.generate_state(2, dtype=np.uint32).tobytes(), "little") & _MASK64
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class StepSeeds:
+    """The seeds of one optimizer step: ``global_`` for the global generators (the
+    supervised branch's dropout and drop-path, mixup), ``mim`` for the MIM branch."""
+
+    global_: int
+    mim: int
+
+
+def step_seeds(seed: int, step: int, rank: int = 0) -> StepSeeds:
+    """Seeds of optimizer step ``step`` (0-based, counted over the whole run) on ``rank``."""
+    return StepSeeds(global_=mix_seed(seed, step, _STEP_TAG, rank),
+                     mim=mix_seed(seed, step, _MIM_TAG, rank))
+
+
+def decoder_init_seed(seed: int) -> int:
+    """Seed of the MIM decoder's (and [MASK] token's) initialisation."""
+    return mix_seed(seed, _INIT_TAG)
+
+
+def mask_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index``'s mask in ``epoch``: the same mask whatever the
+    batch, worker or process it is drawn in."""
+    return np.random.default_rng([seed, epoch, int(index)])
+
+
+def sample_seed(base: int, position: int) -> int:
+    """Seed of the sample at ``position`` of an epoch whose base seed is ``base``."""
+    return (base + position * 0x9E3779B97F4A7C15) & _MASK64
+
+
+class SeededSample:
+    """Run code with the global RNGs seeded from ``seed``, restoring their state afterwards,
+    so a sample's augmentation depends only on its own seed (and leaves the caller's streams
+    untouched when loading happens in the main process)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self._state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        seed = self.seed
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.random.default_generator.manual_seed(seed)  # CPU only: transforms run on CPU
+
+    def __exit__(self, *exc: object) -> None:
+        py, npy, th = self._state
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
