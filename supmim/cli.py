@@ -15,6 +15,7 @@ from typing import Any
 
 from supmim.config import PRESETS, build_config, save_config
 from supmim.errors import Interrupted, SupmimError
+from supmim.targets.registry import TargetNames
 
 
 def _add_config_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
@@ -28,7 +29,9 @@ def _add_config_args(p: argparse.ArgumentParser, data_required: bool = True) -> 
     p.add_argument("--config", help="a YAML file of {section: {key: value}} overrides")
     p.add_argument("--epochs", type=int)
     p.add_argument("--mim-weight", type=float, help="lambda; the loss is CE + lambda * MIM")
-    p.add_argument("--target", choices=("vq", "pixel", "hog"), help="MIM target")
+    p.add_argument("--target", choices=TargetNames(), metavar="TARGET",
+                   help="MIM target: vq (tokenizer ids, the paper), pixel (MAE), hog "
+                        "(MaskFeat), or any registered with supmim.targets.register_target")
     p.add_argument("--tokenizer", help="tokenizer folder for --target vq, or 'auto' to train one")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -54,12 +57,14 @@ def _config_from(args: argparse.Namespace):
 
 
 def _resume_config(args: argparse.Namespace):
-    """``--resume``: the run's own config.yaml, plus --epochs and --set overrides."""
-    from supmim.config import load_config, parse_override, set_key, validate
-    path = Path(args.out) / "config.yaml"
-    if not path.is_file():
-        raise SupmimError(f"--resume: '{path}' not found; is --out a supmim run directory?")
-    cfg = load_config(path)
+    """``--resume``: the run's own config (from its latest checkpoint), plus --epochs and
+    --set overrides."""
+    from supmim.config import parse_override, set_key, validate
+    from supmim.run import RunDir
+    if not (Path(args.out) / RunDir.CONFIG).is_file():
+        raise SupmimError(f"--resume: '{Path(args.out) / RunDir.CONFIG}' not found; is --out "
+                          "a supmim run directory?")
+    cfg = RunDir(args.out).config()
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     for text in args.overrides:
@@ -69,10 +74,10 @@ def _resume_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from supmim.engine.trainer import train
-    from supmim.engine.checkpoint import latest_checkpoint
+    from supmim.run import RunDir
+    from supmim.training import train
     resume: bool | str = args.resume == "yes"
-    if args.resume == "auto" and latest_checkpoint(Path(args.out)) is not None:
+    if args.resume == "auto" and RunDir(args.out).latest() is not None:
         resume = True
     elif args.resume == "auto":
         resume = "auto"  # nothing to resume: a new run (clearing a pre-checkpoint crash's log)
@@ -101,7 +106,7 @@ def _print_result(out: str, summary: dict[str, Any]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from supmim.compare import compare
+    from supmim.experiments.compare import compare
     cfg = _config_from(args)
     compare(cfg, args.out, args.seeds, progress=not args.quiet)
     print(Path(args.out, "compare.md").read_text())
@@ -109,7 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from supmim.tokenizer import train_tokenizer_for_run
+    from supmim.run.tokenizer import train_tokenizer_for_run
     args.tokenizer, args.target = None, "pixel"  # the run config's MIM target is irrelevant here
     cfg = _config_from(args)
     overrides = {k: v for k, v in (("lr", args.lr), ("disc_weight", args.disc_weight),
@@ -130,7 +135,7 @@ IMPORT_FORMATS = ("maskgit-bin", "mage-ckpt", "maskgit-flax", "taming-ckpt")
 
 
 def cmd_tokenizer_import(args: argparse.Namespace) -> int:
-    from supmim.targets.vqgan_import import import_tokenizer
+    from supmim.targets.tokenizers.importers import import_tokenizer
     tok = import_tokenizer(args.src, args.format, args.out, sha256=args.sha256,
                            img_size=args.img_size)
     c = tok.config
@@ -142,7 +147,8 @@ def cmd_tokenizer_import(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
-    from supmim.tokenizer import evaluate_tokenizer_for_run, write_json
+    from supmim.files import write_json
+    from supmim.run.tokenizer import evaluate_tokenizer_for_run
     args.tokenizer, args.target = None, "pixel"
     cfg = _config_from(args)
     result = evaluate_tokenizer_for_run(cfg, args.tok, split=args.split,
@@ -165,14 +171,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from supmim.demo import run_demo
+    from supmim.experiments.demo import run_demo
     run_demo(args.out, seeds=args.seeds, progress=not args.quiet)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from supmim.studies import SIZES, run_stage_study, study
-    from supmim.sweep import parse_arm, parse_grid, sweep
+    from supmim.experiments.studies import SIZES, run_stage_study, study
+    from supmim.experiments.sweep import parse_arm, parse_grid, sweep
     grid_items, arm_items, spec = list(args.grid), list(args.arm), {}
     if args.study:
         spec = study(args.study)
@@ -214,7 +220,7 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from supmim.bench import BenchConfig, bench, format_result, write_result
+    from supmim.experiments.bench import BenchConfig, bench, format_result, write_result
     b = BenchConfig(model=args.model, img_size=args.img_size, patch_size=args.patch_size,
                     batch=args.batch, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                     target=args.target, mask_ratio=args.mask_ratio,

@@ -1,4 +1,5 @@
-"""Typed run configuration: dataclasses, named presets, ``key=value`` overrides, validation.
+"""Typed run configuration: dataclasses, named presets (:mod:`supmim.presets`), ``key=value``
+overrides, validation.
 
 A run is fully described by one :class:`RunConfig`. It is built from defaults, then a preset,
 then a YAML file, then command-line overrides (``--set train.lr=3e-4``), and validated before
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from supmim.errors import ConfigError
+from supmim.presets import PRESETS  # also importable as supmim.config.PRESETS
 
 
 @dataclass
@@ -131,7 +133,6 @@ class RunConfig:
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.global_pool": ("token", "avg"),
-    "mim.target": ("vq", "pixel", "hog"),
     "mim.masking": ("random", "block"),
     "mim.mode": ("drop", "mask_token"),
     "mim.passes": (1, 2),
@@ -140,57 +141,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.crop": ("pad", "rrc", "none"),
     "data.interpolation": ("bilinear", "bicubic", "nearest"),
     "train.amp": ("auto", "bf16", "off"),
-}
-
-# Small ViT sizes that train on a CPU; the paper's sizes use timm's own names.
-_TINY = {"embed_dim": 192, "depth": 6, "num_heads": 3}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The demo: Fashion-MNIST 28x28 grey, 7x7 patch grid, a few minutes per arm on 2 CPU cores.
-    "fashion-mnist": {
-        "model": {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 128, "depth": 4,
-                  "num_heads": 4, "global_pool": "avg", "drop_path": 0.05},
-        "data": {"data": "fashion-mnist", "train_samples": 12000, "crop": "pad", "pad": 2,
-                 "hflip": 0.5},
-        "train": {"epochs": 6, "lr": 1e-3, "warmup_epochs": 0.5},
-        "mim": {"decoder_dim": 96, "decoder_heads": 4},
-    },
-    # Fallback demo data: scikit-learn digits, 8x8 upsampled to 16, patch 2.
-    "digits": {
-        "model": {"img_size": 16, "patch_size": 2, "in_chans": 1, "embed_dim": 96, "depth": 4,
-                  "num_heads": 3, "global_pool": "avg", "drop_path": 0.0},
-        "data": {"data": "digits", "crop": "pad", "pad": 1, "hflip": 0.0, "val_fraction": 0.1},
-        "train": {"epochs": 30, "lr": 1e-3, "warmup_epochs": 2.0, "log_every": 10},
-        "mim": {"decoder_dim": 64, "decoder_heads": 4},
-    },
-    # The CIFAR-10 benchmark model (DESIGN.md's calibration recipe).
-    "cifar10": {
-        "model": {"img_size": 32, "patch_size": 4, "in_chans": 3, **_TINY, "global_pool": "avg",
-                  "drop_path": 0.1},
-        "data": {"data": "cifar10", "crop": "pad", "pad": 4, "hflip": 0.5},
-        "train": {"epochs": 25, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 2.5},
-        "mim": {"decoder_dim": 128, "decoder_heads": 4},
-    },
-    # The paper's main setting: ViT-B/14 at 224 on ImageNet-1k (GPUs), MaskGIT-style f16 tokens
-    # on the same crop at 256 give the 16x16 grid. The tokenizer path must be given.
-    "vit-b14-in1k": {
-        "model": {"name": "vit_base_patch16_224", "img_size": 224, "patch_size": 14,
-                  "in_chans": 3, "global_pool": "token", "drop_path": 0.1},
-        "data": {"crop": "rrc", "rand_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25,
-                 "crop_pct": 0.875, "val_fraction": 0.0, "batch_size": 256, "num_workers": 8,
-                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        "train": {"epochs": 300, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 20,
-                  "mixup": 0.8, "cutmix": 1.0, "ema": True, "ema_decay": 0.9999},
-        "mim": {"decoder_dim": 512, "decoder_heads": 16, "mask_ratio": 0.5},
-    },
-    # For tests: as small as a ViT gets.
-    "tiny-test": {
-        "model": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2,
-                  "drop_path": 0.0},
-        "data": {"batch_size": 16, "eval_batch_size": 32, "num_workers": 0},
-        "train": {"epochs": 1, "warmup_epochs": 0.0, "log_every": 1},
-        "mim": {"decoder_dim": 32, "decoder_heads": 2},
-    },
 }
 
 
@@ -352,7 +302,9 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Range and consistency checks; every failure names the key and the valid values."""
-    for key, choices in CHOICES.items():
+    from supmim.targets.registry import target_names  # no torch until a name is looked up
+
+    for key, choices in {**CHOICES, "mim.target": target_names()}.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(value in choices, key, f"is {value!r}; choose one of {', '.join(map(str, choices))}")

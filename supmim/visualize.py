@@ -51,8 +51,10 @@ def _columns(model: SupMimModel, images: Tensor, mask: Tensor) -> dict[str, Tens
     masked_input = torch.where(pix, torch.full_like(original, GREY), original)
     pred = model.mim_predict(images, mask).float()  # (B, N, out_dim)
     columns: dict[str, Tensor | None] = {"original": original, "masked input": masked_input}
-    if target.kind == "tokens":
-        ids = model.mim_targets(images)  # (B, N) the tokenizer's own ids
+    if target.kind != "regression":  # token ids, hard or soft
+        ids = model.mim_targets(images)  # (B, N) the tokenizer's own ids, or (B, N, K)
+        if ids.ndim == 3:  # soft targets: the most likely code is the hard id
+            ids = ids.argmax(-1)
         mixed = torch.where(mask, pred.argmax(-1), ids)
         decoded = target.decode(mixed)
         prediction = None if decoded is None else torch.where(pix, decoded, original)
@@ -71,7 +73,7 @@ def mim_columns(model: SupMimModel, images: Tensor, mask: Tensor) -> dict[str, T
     Returns {title: (B, C, H, W) in [0, 1], or None where the target cannot be drawn}."""
     import torch
 
-    if model.mim is None or model.target is None or model.decoder is None:
+    if not model.has_mim or model.decoder is None:
         raise ConfigError("this model has no MIM branch (mim.enabled=false): there is no "
                           "prediction to draw")
     was_training = model.training
@@ -143,81 +145,59 @@ def _batch(dataset: Dataset, n: int) -> tuple[Tensor, Tensor]:
 
 
 def save_run_grid(model: SupMimModel, dataset: Dataset, path: str | Path, n: int = 8, *,
-                  seed: int = 0, title: str | None = None) -> Path:
+                  masking: str = "random", mask_ratio: float = 0.75, seed: int = 0,
+                  title: str | None = None) -> Path:
     """The grid for ``n`` items spread over ``dataset`` (items ``(normalised image, ...)``,
-    e.g. a run's validation split) with masks drawn by the model's own masking settings
-    (seeded by ``seed``: the same picture every time). Returns the PNG's path."""
-    from supmim.masking import build_masker, sample_masks
+    e.g. a run's validation split), with masks drawn as in training (``masking``,
+    ``mask_ratio``; seeded by ``seed``: the same picture every time). Returns the PNG's
+    path."""
     from supmim.models.encoder import grid_of
+    from supmim.models.masking import build_masker, sample_masks
 
-    if model.mim is None:
+    if not model.has_mim:
         raise ConfigError("this run has no MIM branch (mim.enabled=false): nothing to draw")
     images, index = _batch(dataset, n)
     device = next(model.parameters()).device
-    masker = build_masker(model.mim.masking, grid_of(model.encoder), model.mim.mask_ratio)
+    masker = build_masker(masking, grid_of(model.encoder), mask_ratio)
     mask = sample_masks(masker, index, epoch=0, seed=seed)
     columns = mim_columns(model, images.to(device), mask.to(device))
-    label = title or f"target {model.mim.target}, {model.mim.mask_ratio:.0%} of patches hidden"
-    return save_grid(columns, path, title=label)
+    return save_grid(columns, path, title=title or f"{mask_ratio:.0%} of patches hidden")
 
 
 def load_run_model(run_dir: str | Path, *, data: str | None = None, checkpoint: str = "last",
                    device: str = "cpu") -> tuple[SupMimModel, Any]:
     """A run's SupMimModel (encoder, MIM decoder, frozen target) with trained weights, and
-    its :class:`~supmim.engine.trainer.RunData` (built from ``data`` when given)."""
-    from supmim.config import load_config
-    from supmim.engine.checkpoint import latest_checkpoint, load_checkpoint
+    its :class:`~supmim.data.splits.RunData` (built from ``data`` when given)."""
     from supmim.data.splits import build_run_data
-    from supmim.errors import CheckpointError
-    from supmim.models import create_vit
-    from supmim.models.joint import SupMimModel
-    from supmim.targets import build_target
+    from supmim.run import RunDir
 
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise CheckpointError(f"'{run}' is not a supmim run directory (no config.yaml)")
-    cfg = load_config(run / "config.yaml")
+    run = RunDir.open(run_dir)
+    cfg = run.config(checkpoint)
     if not cfg.mim.enabled:
-        raise ConfigError(f"run '{run}' trained without MIM (mim.enabled=false): there is no "
-                          "MIM prediction to draw")
+        raise ConfigError(f"run '{run.path}' trained without MIM (mim.enabled=false): there "
+                          "is no MIM prediction to draw")
     if data is not None:
         cfg.data.data = data
-    folder = run / "checkpoints" / "best" if checkpoint == "best" else latest_checkpoint(run)
-    if folder is None or not folder.is_dir():
-        raise CheckpointError(f"no '{checkpoint}' checkpoint in '{run}/checkpoints': has the "
-                              "run finished an epoch?")
-    run_data = build_run_data(cfg)
-    m = cfg.mim
-    tokenizer = m.tokenizer
-    if m.target == "vq" and (run / "tokenizer" / "tokenizer.json").is_file():
-        tokenizer = str(run / "tokenizer")  # the run's own copy (the config may hold a
-        # path relative to where it was trained)
-    target = build_target(m.target, img_size=cfg.model.img_size, patch_size=cfg.model.patch_size,
-                          in_chans=cfg.model.in_chans, tokenizer=tokenizer, norm_pix=m.norm_pix)
-    vit = create_vit(cfg.model, num_classes=len(run_data.classes))
-    model = SupMimModel(vit, mean=run_data.mean, std=run_data.std, mim=m, target=target,
-                        seed=cfg.train.seed)
-    state = load_checkpoint(folder)[0]
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("target.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"checkpoint '{folder}' does not fit the run's config: missing "
-                              f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return model.to(device).eval(), run_data
+    model = run.build_model(checkpoint, device=device)
+    return model, build_run_data(cfg)
 
 
 def visualize_run(run_dir: str | Path, out: str | Path, *, data: str | None = None, n: int = 8,
                   checkpoint: str = "last", split: str = "val", seed: int = 0,
                   device: str = "cpu") -> Path:
     """``supmim visualize``: the grid for ``n`` images of the run's ``split``."""
+    from supmim.run import RunDir
+
     model, run_data = load_run_model(run_dir, data=data, checkpoint=checkpoint, device=device)
     dataset = run_data.eval if split == "val" else run_data.test
     if dataset is None:
         raise ConfigError(f"the run's data has no {split} split: use --split "
                           f"{'test' if split == 'val' else 'val'}")
-    title = f"{Path(run_dir).name}: target {model.mim.target}, " \
-            f"{model.mim.mask_ratio:.0%} hidden, {checkpoint} checkpoint"  # type: ignore[union-attr]
-    return save_run_grid(model, dataset, out, n=n, seed=seed, title=title)
+    mim = RunDir(run_dir).config(checkpoint).mim
+    title = f"{Path(run_dir).name}: target {mim.target}, {mim.mask_ratio:.0%} hidden, " \
+            f"{checkpoint} checkpoint"
+    return save_run_grid(model, dataset, out, n=n, masking=mim.masking,
+                         mask_ratio=mim.mask_ratio, seed=seed, title=title)
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:

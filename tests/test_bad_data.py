@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from supmim.config import build_config
 from supmim.data import (EpochSampler, FolderDataset, ImageDataset, build_train_transform,
                          read_bad_log, resolve_data)
-from supmim.engine.trainer import train
+from supmim.training import train
 from supmim.errors import DataError, TrainingError
 from tests._fixtures import make_image_folder
 

@@ -168,7 +168,7 @@ def test_cli_startup_does_not_import_the_heavy_parts():
 @pytest.mark.slow
 def test_a_supmim_run_directory_evaluates_like_its_export(tmp_path):
     from supmim.config import build_config
-    from supmim.engine.trainer import train
+    from supmim.training import train
     from supmim.export import export_run
 
     data = make_image_folder(tmp_path / "data", classes=3, train_per_class=8, test_per_class=4, size=16)

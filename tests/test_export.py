@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from supmim.config import build_config
 from supmim.data import resolve_data
-from supmim.engine.trainer import train
+from supmim.training import train
 from supmim.errors import CheckpointError
 from supmim.export import export_run, load_run_encoder
 from tests._fixtures import make_image_folder

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from supmim.config import build_config
-from supmim.engine import checkpoint as ckpt_mod
-from supmim.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from supmim.engine.trainer import train
+from supmim.run import checkpoint as ckpt_mod
+from supmim.run.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from supmim.training import train
 from supmim.errors import CheckpointError, TrainingError
 from supmim.models import SupMimModel
 from tests._fixtures import make_image_folder
@@ -260,15 +260,13 @@ def test_resume_auto_starts_fresh_without_a_checkpoint(tmp_path):
 
 
 def test_losses_are_float32_under_bf16_autocast():
-    from supmim.config import MimConfig
     from supmim.models import create_vit
     from supmim.targets import build_target
     cfg = build_config(preset="tiny-test", extra={"mim.target": "pixel"})
     vit = create_vit(cfg.model, num_classes=3)
     target = build_target("pixel", img_size=16, patch_size=4, in_chans=3, tokenizer=None,
                           norm_pix=True)
-    model = SupMimModel(vit, mean=[0.5] * 3, std=[0.25] * 3, mim=MimConfig(target="pixel"),
-                        target=target)
+    model = SupMimModel(vit, mean=[0.5] * 3, std=[0.25] * 3, target=target)
     images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     mask = torch.zeros(4, 16, dtype=torch.bool)
     mask[:, :12] = True

@@ -14,8 +14,8 @@ import torch
 
 from supmim.config import build_config
 from supmim.data import resolve_data
-from supmim.engine.checkpoint import latest_checkpoint, load_checkpoint
-from supmim.engine.trainer import train
+from supmim.run.checkpoint import latest_checkpoint, load_checkpoint
+from supmim.training import train
 from supmim.errors import CheckpointError, DataError
 from tests._fixtures import make_image_folder
 

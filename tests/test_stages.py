@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from supmim.config import build_config
-from supmim.engine.trainer import Trainer, train
+from supmim.engine.loop import Trainer
+from supmim.training import train
 from supmim.errors import CheckpointError
 from supmim.export import export_run, load_run_encoder
 from tests._fixtures import make_image_folder
@@ -36,7 +37,7 @@ def test_init_from_loads_the_encoder_and_a_new_head(tmp_path, pretrained, source
     src = run if source == "run" else export
     t = Trainer(_cfg(data, f"train.init_from={src}", "mim.enabled=false"), tmp_path / "ft",
                 progress=False)
-    t._setup()
+    t.setup()
     vit, _, _ = load_run_encoder(run)
     mine, theirs = t.model.encoder.state_dict(), vit.state_dict()
     body = [k for k in theirs if not k.startswith("head.")]
@@ -57,7 +58,7 @@ def test_head_kept_only_for_the_same_class_names(tmp_path, pretrained, source, s
             folder.rename(folder.with_name("other_" + folder.name))
     t = Trainer(_cfg(data, f"train.init_from={run if source == 'run' else export}"),
                 tmp_path / "ft", progress=False)
-    t._setup()
+    t.setup()
     theirs = load_run_encoder(run)[0].state_dict()["head.weight"]
     kept = torch.equal(t.model.encoder.state_dict()["head.weight"], theirs)
     assert kept == same_names
@@ -71,7 +72,7 @@ def test_a_bare_weights_file_keeps_a_head_of_the_right_shape(tmp_path, pretraine
     weights = tmp_path / "vit.safetensors"
     weights.write_bytes((export / "model.safetensors").read_bytes())
     t = Trainer(_cfg(data, f"train.init_from={weights}"), tmp_path / "ft", progress=False)
-    t._setup()
+    t.setup()
     assert t.init_report["new"] == []
 
 
@@ -88,7 +89,7 @@ def test_init_from_resamples_the_position_embedding(tmp_path, pretrained):
     data = make_image_folder(tmp_path / "data", classes=3, size=24)
     t = Trainer(_cfg(data, f"train.init_from={export}", "model.img_size=24"), tmp_path / "r",
                 progress=False)
-    t._setup()
+    t.setup()
     from safetensors.torch import load_file
     from timm.layers import resample_abs_pos_embed
     source = load_file(str(export / "model.safetensors"))["pos_embed"]  # (1, 1 + 4x4, 32)
@@ -103,17 +104,17 @@ def test_init_from_refuses_another_architecture(tmp_path, pretrained):
     t = Trainer(_cfg(data, f"train.init_from={export}", "model.embed_dim=48"), tmp_path / "x",
                 progress=False)
     with pytest.raises(CheckpointError, match="does not fit"):
-        t._setup()
+        t.setup()
     t = Trainer(_cfg(data, f"train.init_from={tmp_path}"), tmp_path / "y", progress=False)
     with pytest.raises(CheckpointError, match="not a supmim run directory"):
-        t._setup()
+        t.setup()
 
 
 def test_layer_decay_scales_the_lr_by_depth(tmp_path):
     data = make_image_folder(tmp_path / "data")
     t = Trainer(_cfg(data, "train.layer_decay=0.5", "model.depth=3"), tmp_path / "r",
                 progress=False)
-    t._setup()
+    t.setup()
     scale = {}
     for group in t.optimizer.param_groups:
         for p in group["params"]:

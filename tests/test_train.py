@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from supmim.config import build_config
-from supmim.engine.trainer import train
+from supmim.training import train
 from tests._fixtures import make_image_folder
 
 SHARED = Path(os.environ.get("SUPMIM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -55,13 +55,13 @@ def test_resume_continues_exactly(tmp_path):
     cfg = tiny_config(data, "train.epochs=3", "data.batch_size=8", "model.drop_path=0.1")
     full = train(cfg, tmp_path / "full", progress=False)
     cfg_short = tiny_config(data, "train.epochs=3", "data.batch_size=8", "model.drop_path=0.1")
-    from supmim.engine import trainer as trainer_mod
-    t = trainer_mod.Trainer(cfg_short, tmp_path / "part", progress=False)
-    t._setup()
-    from supmim.config import save_config
-    save_config(cfg_short, tmp_path / "part" / "config.yaml")
+    from supmim.engine.loop import Trainer
+    from supmim.run import RunDir
+    t = Trainer(cfg_short, tmp_path / "part", progress=False)
+    t.setup()
+    RunDir(tmp_path / "part").write_start(cfg_short, t.data)
     t.train_one_epoch(0)
-    t._save(0, {})
+    t.save_checkpoint(0, {})
     resumed = train(cfg_short, tmp_path / "part", resume=True, progress=False)
     a, b = encoder_weights(tmp_path / "full"), encoder_weights(tmp_path / "part")
     assert all(torch.equal(a[k], b[k]) for k in a)

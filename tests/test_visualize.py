@@ -13,7 +13,7 @@ from _fixtures import make_image_folder
 from supmim.cli import main
 from supmim.config import build_config
 from supmim.errors import ConfigError
-from supmim.models import create_vit
+from supmim.models import create_vit, model_arguments
 from supmim.models.joint import SupMimModel
 from supmim.targets import TokenizerConfig, VQTokenizer, build_target
 from supmim.visualize import mim_columns, patch_mask_to_pixels, save_run_grid
@@ -37,7 +37,7 @@ def tiny_model(target: str, tmp_path: Path, mim: bool = True) -> SupMimModel:
                        tokenizer=tok) if mim else None
     torch.manual_seed(0)
     return SupMimModel(create_vit(m, num_classes=3), mean=[0.5] * 3, std=[0.25] * 3,
-                       mim=cfg.mim, target=tgt).eval()
+                       target=tgt, **model_arguments(cfg)).eval()
 
 
 def test_columns_paste_visible_patches_and_show_predictions(tmp_path) -> None:

@@ -68,7 +68,9 @@ class LoadedModel:
 def load_model(spec: str | Path, *, checkpoint: str = "last", weights: str = "auto") -> LoadedModel:
     """Load ``spec`` (see :data:`MODEL_FORMS`); ``checkpoint`` / ``weights`` apply to run directories."""
     path = Path(spec).expanduser()
-    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+    from supmim.run import RunDir
+
+    if RunDir.is_run(path):
         return _load_run(path, str(spec), checkpoint, weights)
     if (path / "config.json").is_file():
         return _load_timm_folder(path, str(spec))
@@ -101,15 +103,11 @@ def _load_timm_folder(path: Path, spec: str) -> LoadedModel:
 
 
 def _load_run(path: Path, spec: str, checkpoint: str, weights: str) -> LoadedModel:
-    from supmim.export import data_config_of, load_run_encoder
+    from supmim.run import RunDir
 
-    vit, cfg, classes = load_run_encoder(path, checkpoint=checkpoint, weights=weights)
-    stats_path = path / "data_stats.json"
-    if not stats_path.is_file():
-        raise CheckpointError(f"'{stats_path}' is missing, so the run's normalisation is unknown; "
-                              "the run directory is incomplete")
-    stats = json.loads(stats_path.read_text())
-    data_config = data_config_of(cfg, stats["mean"], stats["std"])
-    labels = list(classes) if vit.num_classes else None
-    return LoadedModel(vit, data_config, labels, spec, "run",
-                       info={"timm_name": cfg.model.name, "checkpoint": checkpoint, "weights": weights})
+    run = RunDir(path)
+    vit = run.build_encoder(checkpoint, weights)
+    labels = run.classes(checkpoint) if vit.num_classes else None
+    return LoadedModel(vit, run.data_config(checkpoint), labels, spec, "run",
+                       info={"timm_name": run.config(checkpoint).model.name,
+                             "checkpoint": checkpoint, "weights": weights})

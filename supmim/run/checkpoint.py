@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from supmim.errors import CheckpointError
+from supmim.files import atomic_write_text  # noqa: F401 (re-export)
 
 EPOCH_PREFIX = "epoch_"
 STEP_PREFIX = "step_"
@@ -39,16 +40,6 @@ def _fsync(path: Path) -> None:
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file + fsync + rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(folder: Path, model_state: dict[str, torch.Tensor],

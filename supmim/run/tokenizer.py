@@ -1,11 +1,10 @@
-"""Tokenizers for a run: pick the downsampling factor that matches the ViT patch grid, build
+"""Tokenizers for a run's data: pick the downsampling factor that matches the ViT patch grid, build
 the datasets the tokenizer trains on, train it (``supmim tokenizer train``), measure any
 tokenizer on a run's data (``supmim tokenizer eval``), and import public VQGAN checkpoints
 (``supmim tokenizer import``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ from supmim.config import RunConfig
 from supmim.data import ImageDataset, labels_of, resolve_data
 from supmim.data.splits import split_indices
 from supmim.errors import ConfigError
-from supmim.targets.tokenizer_train import (TokenizerTrainConfig, evaluate_tokenizer,
+from supmim.targets.tokenizers.train import (TokenizerTrainConfig, evaluate_tokenizer,
                                             train_tokenizer)
-from supmim.targets.tokenizers import load_tokenizer
-from supmim.targets.vq import TokenizerConfig
+from supmim.targets.tokenizers.kinds import load_tokenizer
+from supmim.targets.tokenizers.small_vq import TokenizerConfig
 
 FACTORS = (2, 4, 8, 16)
 
@@ -88,7 +87,7 @@ def evaluate_tokenizer_for_run(cfg: RunConfig, tokenizer: str | Path, *,
     the MIM target sees them: resized so the token grid equals the ViT's patch grid.
 
     ``split``: "val" (the run's validation split, else test), "test" or "train" (no flip)."""
-    import torch
+    from supmim.device import resolve_device
 
     tok = load_tokenizer(tokenizer)
     if tok.in_chans != cfg.model.in_chans:
@@ -108,8 +107,7 @@ def evaluate_tokenizer_for_run(cfg: RunConfig, tokenizer: str | Path, *,
         data = ImageDataset(src.test, eval_tf, cfg.model.in_chans)
     else:
         data = val
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu"
-                          else "cpu")
+    device = resolve_device(cfg.train.device)
     tok.to(device)
     result: dict[str, Any] = evaluate_tokenizer(tok, data, batch_size=batch_size,
                                                 max_batches=max_batches,
@@ -117,8 +115,3 @@ def evaluate_tokenizer_for_run(cfg: RunConfig, tokenizer: str | Path, *,
     result.update({"kind": tok.kind, "factor": tok.factor, "codebook_size": tok.codebook_size,
                    "image_size": size, "split": split, "images": len(data)})
     return result
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,137 @@
+"""Everything a training run is made of, built from its config: the model (wrapped for DDP,
+sharded for FSDP, compiled), optimizer, schedule, EMA, masker, mixup and the loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.data import Mixup
+from timm.models.vision_transformer import VisionTransformer
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from supmim.config import RunConfig
+from supmim.data import EpochSampler
+from supmim.data.splits import RunData
+from supmim.engine import dist
+from supmim.engine.signals import quiet_worker
+from supmim.errors import ConfigError
+from supmim.models import SupMimModel, build_model, grid_of
+from supmim.models.masking import Masker, build_masker
+from supmim.targets import build_target, target_class
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    sampler: EpochSampler
+    eval: DataLoader | None
+    test: DataLoader | None
+    local_batch: int  # this process's share of data.batch_size
+    steps_per_epoch: int
+
+
+@dataclass
+class TrainParts:
+    """The trainable pieces. ``step_model`` is what a step calls (DDP-wrapped and/or
+    compiled); ``model`` is the plain module whose state dicts are saved."""
+
+    model: SupMimModel
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    ema: ModelEmaV3 | None
+    masker: Masker | None
+    mixup: Mixup | None
+    fsdp: bool
+
+
+def build_mim_target(cfg: RunConfig) -> nn.Module | None:
+    """The frozen MIM target ``cfg.mim`` names (None without MIM)."""
+    mim, m = cfg.mim, cfg.model
+    if not mim.enabled:
+        return None
+    return build_target(mim.target, img_size=m.img_size, patch_size=m.patch_size,
+                        in_chans=m.in_chans, **target_class(mim.target).options_from(mim))
+
+
+def build_loaders(cfg: RunConfig, data: RunData, device: torch.device) -> Loaders:
+    """The training loader (this process's share of a (seed, epoch) permutation, full
+    batches only) and the sharded evaluation loaders."""
+    d, world = cfg.data, dist.world_size()
+    if d.batch_size % world:
+        raise ConfigError(f"data.batch_size ({d.batch_size}) is the global batch and must "
+                          f"divide evenly over the {world} processes")
+    if len(data.train) < d.batch_size:
+        raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the "
+                          f"{len(data.train)} training images")
+    local_batch = d.batch_size // world
+    sampler = EpochSampler(len(data.train), seed=cfg.train.seed, rank=dist.rank(), world=world)
+    common: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=device.type == "cuda",
+                                  persistent_workers=d.num_workers > 0,
+                                  worker_init_fn=quiet_worker if d.num_workers else None)
+    # drop_last: every step sees a full batch (mixup needs an even size; step times compare)
+    train = DataLoader(data.train, batch_size=local_batch, sampler=sampler, drop_last=True,
+                       **common)
+    steps = len(train)
+    if cfg.train.max_steps:
+        steps = min(steps, cfg.train.max_steps)
+
+    def eval_loader(ds: Dataset | None) -> DataLoader | None:
+        if ds is None:
+            return None
+        return DataLoader(ds, batch_size=d.eval_batch_size,
+                          sampler=dist.ShardSampler(len(ds), dist.rank(), world), **common)
+    evaluation = eval_loader(data.eval)
+    test = eval_loader(data.test) if data.test is not data.eval else evaluation
+    return Loaders(train=train, sampler=sampler, eval=evaluation, test=test,
+                   local_batch=local_batch, steps_per_epoch=steps)
+
+
+def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_epoch: int, *,
+                init: Callable[[VisionTransformer], Any] | None = None) -> TrainParts:
+    """Model, optimizer, cosine schedule (per step), EMA, masker and mixup of ``cfg``.
+
+    ``init`` loads weights into the fresh encoder (``train.init_from``)."""
+    t = cfg.train
+    mixing = t.mixup > 0 or t.cutmix > 0
+    model = build_model(cfg, num_classes=len(data.classes), mean=data.mean, std=data.std,
+                        target=build_mim_target(cfg), init=init)
+    model.to(device)
+    if t.grad_checkpointing:
+        model.encoder.set_grad_checkpointing(True)
+    # DDP sees one forward (both losses) per backward; state dicts come from `model`
+    step_model: nn.Module = model
+    if t.fsdp:
+        if not dist.is_distributed():
+            raise ConfigError("train.fsdp needs torchrun (several processes); without it use "
+                              "the default single-process training")
+        dist.shard_model(model)
+    elif dist.is_distributed():
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+    if t.compile:
+        step_model = torch.compile(step_model)
+    # fused AdamW on GPUs (one kernel for all parameters); timm's layer-decay groups use
+    # SupMimModel.group_matcher (the encoder's blocks, under "encoder.")
+    extra = {"fused": True} if device.type == "cuda" else {}
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=t.lr, weight_decay=t.weight_decay,
+                                    layer_decay=t.layer_decay, **extra)
+    total = t.epochs * steps_per_epoch
+    warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), total - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=t.min_lr,
+                                  warmup_t=warmup, warmup_lr_init=min(1e-6, t.lr),
+                                  warmup_prefix=True, t_in_epochs=False)
+    mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, label_smoothing=t.label_smoothing,
+                  num_classes=len(data.classes)) if mixing else None
+    masker = build_masker(cfg.mim.masking, grid_of(model.encoder), cfg.mim.mask_ratio) \
+        if model.has_mim else None
+    ema = ModelEmaV3(model.encoder, decay=t.ema_decay) if t.ema else None
+    return TrainParts(model=model, step_model=step_model, optimizer=optimizer,
+                      scheduler=scheduler, ema=ema, masker=masker, mixup=mixup, fsdp=t.fsdp)

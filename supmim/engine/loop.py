@@ -1,0 +1,426 @@
+"""The training loop: epochs of :class:`~supmim.engine.step.TrainStep`, evaluation after each,
+checkpoints, logs, signals, and the final summary. The run directory's layout and checkpoint
+format belong to :class:`~supmim.run.RunDir`; tokenizers are provisioned before the loop
+starts (:func:`supmim.training.train`), and pictures are drawn by callbacks.
+
+Randomness is derived, not carried (:mod:`supmim.seeds`): the data order comes from
+``(seed, epoch)``, each sample's augmentation from ``(seed, epoch, position)``, each step's
+dropout / drop-path / mixup and MIM branch from ``(seed, step, rank)`` and masks from
+``(seed, epoch, sample index)``; resuming from any checkpoint (epoch or mid-epoch step)
+therefore replays exactly what an uninterrupted run would do.
+
+Nothing is lost to a crash: checkpoints are atomic, SIGTERM / Ctrl-C save one before exiting,
+unreadable images are skipped and counted, and non-finite steps are skipped (up to
+``train.max_bad_steps`` in a row).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from supmim.config import RunConfig
+from supmim.data import read_bad_log
+from supmim.data.splits import RunData, build_run_data
+from supmim.device import amp_dtype, resolve_device
+from supmim.engine import dist
+from supmim.engine.build import Loaders, TrainParts, build_loaders, build_parts
+from supmim.engine.evaluate import evaluate
+from supmim.engine.signals import StopRequest
+from supmim.engine.state import TrainState, full_states, new_accumulator, restore
+from supmim.engine.step import TrainStep
+from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
+from supmim.run import RunDir
+
+
+class Callback:
+    """Hooks into a run; override what you need. Called on every process."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        """After epoch ``epoch`` (1-based) was evaluated and checkpointed."""
+
+    def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any] | None:
+        """After the final evaluation, before ``summary.json`` is written; returned keys
+        are added to the summary."""
+        return None
+
+
+def resolve_resume(run: RunDir, resume: bool | str) -> bool:
+    """Whether to continue the run in ``run``. ``resume``: False (a new run; the directory
+    must not hold one), True (a checkpoint must exist) or "auto" (continue when there is a
+    checkpoint; a run killed before its first one starts afresh)."""
+    has_ckpt = run.latest() is not None
+    if resume == "auto":
+        resume = has_ckpt
+        if not has_ckpt and dist.is_main():
+            run.forget_unsaved()
+    if resume and not has_ckpt:
+        raise CheckpointError(f"--resume: no checkpoint found in '{run.checkpoints_dir}'")
+    if not resume and run.holds_run():
+        raise ConfigError(f"run directory '{run.path}' already holds a run; pass --resume to "
+                          "continue it, or choose a new --out")
+    return bool(resume)
+
+
+def _check_tokenizer(cfg: RunConfig) -> None:
+    mim = cfg.mim
+    if not (mim.enabled and mim.target == "vq"):
+        return
+    if mim.tokenizer in (None, "auto"):
+        raise ConfigError("mim.tokenizer is not provisioned: train through "
+                          "supmim.training.train (or `supmim train`), which trains "
+                          "--tokenizer auto before the loop starts")
+    if not Path(mim.tokenizer).exists():
+        raise ConfigError(f"mim.tokenizer '{mim.tokenizer}' does not exist; train one with "
+                          "`supmim tokenizer train --data D --out TOK`, or pass --tokenizer "
+                          "auto")
+
+
+class Trainer:
+    """Trains one run. ``Trainer(cfg, out).fit()`` -> the summary dict.
+
+    The config is copied: the caller's object is never changed."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
+                 progress: bool = True, data: RunData | None = None,
+                 callbacks: list[Callback] | None = None) -> None:
+        """resume: False (a new run), True (continue; a checkpoint must exist) or "auto"
+        (continue from the latest checkpoint if there is one, else start afresh).
+        data: datasets to use instead of resolving ``cfg.data`` (benchmarks, tests)."""
+        self.cfg = copy.deepcopy(cfg)
+        self.run = RunDir(out_dir)
+        self.out = self.run.path
+        self.callbacks = list(callbacks or [])
+        self._given_data = data
+        self.progress = progress and dist.is_main()
+        self.device = dist.setup(resolve_device(self.cfg.train.device))
+        self.dtype = amp_dtype(self.cfg.train.amp, self.device)
+        self.resume = resolve_resume(self.run, resume)
+        self.ready = False
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Build data, model, optimizer and loaders (``fit`` calls it)."""
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        _check_tokenizer(cfg)
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.data = self._given_data or build_run_data(cfg, bad_log=self.run.bad_files_path)
+        self.loaders: Loaders = build_loaders(cfg, self.data, self.device)
+        self.init_report: dict[str, list[str]] | None = None
+        # a resumed run has its own weights
+        init = self._init_from if cfg.train.init_from and not self.resume else None
+        self.parts: TrainParts = build_parts(cfg, self.data, self.device,
+                                             self.loaders.steps_per_epoch, init=init)
+        self.train_step_fn = TrainStep(self.parts, seed=cfg.train.seed,
+                                       clip_grad=cfg.train.clip_grad, device=self.device,
+                                       dtype=self.dtype)
+        self.state = TrainState()
+        self.described = self.run.describe(cfg, self.data)
+        self.last_eval: dict[str, float] | None = None  # the final model's eval-split metrics
+        self.stop = StopRequest()
+        self.stopping = False  # any process got a signal (agreed on every step)
+        self._bad_seen = (-1, 0)  # (bad-file log size, distinct files) at the last check
+        self.ready = True
+
+    def _init_from(self, vit: Any) -> None:
+        from supmim.run.sources import init_encoder
+        self.init_report = init_encoder(vit, str(self.cfg.train.init_from),
+                                        classes=self.data.classes)
+
+    # the pieces most callers want by name
+    @property
+    def model(self) -> Any:
+        return self.parts.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.parts.optimizer
+
+    @property
+    def scheduler(self) -> Any:
+        return self.parts.scheduler
+
+    @property
+    def ema(self) -> Any:
+        return self.parts.ema
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.loaders.steps_per_epoch
+
+    @steps_per_epoch.setter
+    def steps_per_epoch(self, value: int) -> None:  # benchmarks time a fixed number of steps
+        self.loaders.steps_per_epoch = value
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, epoch: int, eval_metrics: dict[str, float], *,
+                        mid_epoch: int | None = None) -> Path | None:
+        """Checkpoint after epoch ``epoch`` (0-based), or inside it after ``mid_epoch`` of
+        its steps; returns the folder written (main process) or None."""
+        done = mid_epoch is None
+        if self.parts.fsdp:  # gathering sharded state is collective: every process takes part
+            weights, optim = full_states(self.parts)
+        if not dist.is_main():
+            dist.barrier()  # wait until the main process has written it
+            return None
+        if not self.parts.fsdp:
+            weights, optim = full_states(self.parts)
+        s = self.state
+        saved = TrainState(epoch=epoch + 1 if done else epoch, step=s.step,
+                           step_in_epoch=0 if done else mid_epoch, epochs_done=s.epochs_done,
+                           best=s.best, timing=s.timing, skipped=s.skipped,
+                           epoch_acc=new_accumulator() if done else s.epoch_acc)
+        ema = self.parts.ema.module.state_dict() if self.parts.ema is not None else None
+        folder = self.run.save_checkpoint(
+            self.described, weights, {**saved.to_dict(), **optim}, ema, epoch=epoch + 1,
+            step=s.step, end_of_epoch=done, eval_metrics=eval_metrics,
+            best=done and s.best["epoch"] == epoch + 1, keep=self.cfg.train.keep_checkpoints)
+        dist.barrier()
+        return folder
+
+    def _resume(self) -> None:
+        folder = self.run.checkpoint("last")
+        weights, state, ema = self.run.load("last")
+        self.state = restore(self.parts, folder, weights, state, ema)
+        if dist.is_main():
+            self.run.trim_metrics(self.state.step)  # lines after the checkpoint are redone
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if dist.is_main():
+            self.run.append_metrics(record)
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        if not self.ready:
+            self.setup()
+        if self.resume:
+            self._resume()
+        elif dist.is_main():
+            self.run.write_start(self.cfg, self.data)
+        with self.stop:
+            self._loop()
+        return self._finish()
+
+    def _loop(self) -> None:
+        for epoch in range(self.state.epoch, self.cfg.train.epochs):
+            start, self.state.step_in_epoch = self.state.step_in_epoch, 0
+            train_stats = self.train_one_epoch(epoch, start=start)
+            if train_stats is None:  # stopped by a signal, checkpoint written
+                return
+            eval_metrics = self._evaluate_epoch()
+            self.last_eval = {k: v for k, v in eval_metrics.items() if not k.startswith("ema_")}
+            if eval_metrics.get("top1", -1.0) > self.state.best["top1"]:
+                self.state.best = {"top1": eval_metrics["top1"], "epoch": epoch + 1}
+            record = {"type": "epoch", "epoch": epoch + 1, "step": self.step,
+                      "split": self.data.eval_split, **train_stats,
+                      **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+            self._log(record)
+            self.state.epochs_done = epoch + 1
+            folder = self.save_checkpoint(epoch, eval_metrics)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch + 1, record)
+            self._check_stop(folder, agree=True)
+            if self.cfg.train.max_steps and self.step >= self.cfg.train.max_steps:
+                break
+
+    def _check_stop(self, folder: Path | None, *, agree: bool = False) -> None:
+        """After a signal: report the checkpoint just written and stop. ``agree``: ask every
+        process first (a signal may have reached only some of them)."""
+        if agree:
+            flag = torch.tensor([float(self.stop.signum is not None)], device=self.device)
+            self.stopping = bool(dist.all_reduce_sum(flag).item() > 0)
+        if not self.stopping:
+            return
+        signum = self.stop.signum or signal.SIGTERM
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {self.step}; "
+                          f"checkpoint '{folder}' written. Continue with `supmim train "
+                          f"--out {self.out} --resume auto`", signum=signum)
+
+    def _evaluate_epoch(self) -> dict[str, float]:
+        if self.loaders.eval is None:
+            return {}
+        metrics = self._eval_encoder(self.loaders.eval)
+        if self.parts.ema is not None:
+            ema = evaluate(self.parts.ema.module, self.loaders.eval, self.device, self.dtype)
+            metrics.update({f"ema_{k}": v for k, v in ema.items() if k != "n"})
+        return metrics
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                   epoch: int) -> dict[str, float] | None:
+        """One optimizer step (counted); its statistics, or None when it was skipped."""
+        result = self.train_step_fn(images, labels, index, epoch=epoch, step=self.state.step,
+                                    stop_asked=self.stop.signum is not None)
+        self.state.step += 1
+        self.stopping = result.stopping
+        if result.stats is None:
+            self._skip_step(result.loss)
+        else:
+            self.state.skipped["in_row"] = 0
+        return result.stats
+
+    def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float] | None:
+        """One pass over the training data from its ``start``-th step; returns epoch means
+        and timings, or None when a signal stopped it (after writing a checkpoint)."""
+        if not self.ready:
+            self.setup()
+        cfg = self.cfg
+        if start == 0:
+            self.state.epoch_acc = new_accumulator()
+        acc = self.state.epoch_acc
+        steps_per_epoch = self.loaders.steps_per_epoch
+        self.loaders.sampler.set_epoch(epoch, start=start * self.loaders.local_batch)
+        self.model.train()
+        epoch_start, done_before = time.perf_counter(), acc["count"] + acc["skipped"]
+        total_steps = cfg.train.epochs * steps_per_epoch
+        bar = tqdm(total=steps_per_epoch, initial=start,
+                   desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        every = cfg.train.checkpoint_every
+        for i, (images, labels, index) in enumerate(self.loaders.train, start=start):
+            if i >= steps_per_epoch:
+                break
+            t0 = time.perf_counter()
+            stats = self.train_step(images, labels, index, epoch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            acc["step_seconds"] += time.perf_counter() - t0
+            if stats is None:
+                acc["skipped"] += 1
+            else:
+                acc["count"] += 1
+                for k, v in stats.items():
+                    acc["sums"][k] = acc["sums"].get(k, 0.0) + v
+            elapsed = time.perf_counter() - epoch_start
+            steps_here = acc["count"] + acc["skipped"] - done_before
+            rate = steps_here * cfg.data.batch_size / max(elapsed, 1e-9)
+            remaining = (total_steps - self.step) * elapsed / max(steps_here, 1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats else "skip", img_s=f"{rate:.0f}",
+                            eta=_fmt_seconds(remaining), refresh=False)
+            bar.update(1)
+            if stats is not None and self.step % cfg.train.log_every == 0:
+                self._log({"type": "train", "epoch": epoch + 1, "step": self.step,
+                           "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": rate,
+                           **stats})
+            self._check_bad_files()
+            last = i + 1 >= steps_per_epoch or (cfg.train.max_steps
+                                                and self.step >= cfg.train.max_steps)
+            stopping = self.stopping
+            if not last and (stopping or (every and self.step % every == 0)):
+                acc["seconds"] += time.perf_counter() - epoch_start
+                epoch_start = time.perf_counter()
+                folder = self.save_checkpoint(epoch, {}, mid_epoch=i + 1)
+                if stopping:
+                    bar.close()
+                    self._check_stop(folder)
+        bar.close()
+        acc["seconds"] += time.perf_counter() - epoch_start
+        timing = self.state.timing
+        timing["train_seconds"] += acc["seconds"]
+        timing["step_seconds"] += acc["step_seconds"]
+        timing["steps_timed"] += acc["count"] + acc["skipped"]
+        count, steps = max(acc["count"], 1), max(acc["count"] + acc["skipped"], 1)
+        means = {f"train_{k}": v / count for k, v in acc["sums"].items()}
+        return {**means, "epoch_seconds": acc["seconds"],
+                "step_seconds": acc["step_seconds"] / steps, "skipped_steps": acc["skipped"],
+                "img_per_s": steps * cfg.data.batch_size / max(acc["seconds"], 1e-9)}
+
+    def _check_bad_files(self) -> None:
+        """Stop once unreadable files exceed ``data.max_bad_fraction`` of the data."""
+        path = self.run.bad_files_path
+        size = path.stat().st_size if path.is_file() else 0
+        if size == self._bad_seen[0]:
+            return
+        bad = read_bad_log(path)
+        self._bad_seen = (size, len(bad))
+        total = sum(len(ds) for ds in (self.data.train, self.data.eval, self.data.test)
+                    if ds is not None)
+        limit = self.cfg.data.max_bad_fraction
+        if len(bad) > limit * total:
+            listed = ", ".join(list(bad)[:3])
+            raise TrainingError(
+                f"{len(bad)} unreadable image files (more than data.max_bad_fraction={limit} "
+                f"of {total}), e.g. {listed}; all are listed in '{path}'. Replace or remove "
+                "them, or raise data.max_bad_fraction, then continue with --resume auto")
+
+    def _skip_step(self, loss: float) -> None:
+        skipped = self.state.skipped
+        skipped["total"] += 1
+        skipped["in_row"] += 1
+        self._log({"type": "skip", "step": self.step, "loss": loss})
+        limit = self.cfg.train.max_bad_steps
+        if skipped["in_row"] >= limit:
+            raise TrainingError(
+                f"{skipped['in_row']} steps in a row had a non-finite loss or gradient "
+                f"(up to step {self.step}; train.max_bad_steps={limit}). The last good "
+                f"checkpoint '{self.run.latest()}' is intact. Lower train.lr, set "
+                "train.clip_grad, or check the data, then continue with --resume auto")
+
+    def _final_eval(self, loader: Any) -> dict[str, float]:
+        """The final model on ``loader``; the last epoch's numbers when it was the eval split."""
+        if loader is self.loaders.eval and self.last_eval:
+            return dict(self.last_eval)
+        return self._eval_encoder(loader)
+
+    def _eval_encoder(self, loader: Any) -> dict[str, float]:
+        """Evaluate the encoder; under FSDP the root's own parameters (patch embedding, head)
+        are gathered first, as the encoder is called outside the root's forward."""
+        if not self.parts.fsdp:
+            return evaluate(self.model.encoder, loader, self.device, self.dtype)
+        self.model.unshard()
+        try:
+            return evaluate(self.model.encoder, loader, self.device, self.dtype)
+        finally:
+            self.model.reshard()
+
+    def _finish(self) -> dict[str, Any]:
+        """Final evaluation on val and test, callbacks, summary.json."""
+        s, model, loaders = self.state, self.model, self.loaders
+        summary: dict[str, Any] = {
+            "steps": s.step, "seed": self.cfg.train.seed,
+            "mim": model.has_mim, "mim_weight": model.mim_weight,
+            "target": self.cfg.mim.target if model.has_mim else None,
+            "eval_split": self.data.eval_split, "best": s.best,
+            "init_from": self.cfg.train.init_from,
+            "train_seconds": s.timing["train_seconds"],
+            "mean_step_seconds": s.timing["step_seconds"] / max(s.timing["steps_timed"], 1),
+            "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+            "device": str(self.device), "amp": str(self.dtype) if self.dtype else "off",
+            "epochs_done": s.epochs_done, "skipped_steps": s.skipped["total"],
+        }
+        bad = read_bad_log(self.run.bad_files_path)
+        summary["bad_files"] = {"count": len(bad), "files": sorted(bad)[:100],
+                                "log": RunDir.BAD_FILES if bad else None}
+        if loaders.eval is not None and self.data.eval_split == "val":
+            summary["val"] = self._final_eval(loaders.eval)
+        if loaders.test is not None:
+            summary["test"] = self._final_eval(loaders.test)
+            if self.parts.ema is not None:
+                summary["test_ema"] = evaluate(self.parts.ema.module, loaders.test,
+                                               self.device, self.dtype)
+        summary["test_split"] = self.data.test_split
+        for cb in self.callbacks:
+            summary.update(cb.on_fit_end(self, summary) or {})
+        if dist.is_main():
+            self.run.write_summary(summary)
+        return summary
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

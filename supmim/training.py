@@ -1,0 +1,95 @@
+"""``supmim train`` in Python: provision the tokenizer, train, draw the MIM picture grid.
+
+:func:`train` is the entry point the CLI, ``compare`` and ``sweep`` use. The loop itself
+(:class:`~supmim.engine.loop.Trainer`) knows nothing of tokenizer training or pictures:
+both happen here, before the loop starts and through a callback after it ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+from supmim.config import RunConfig
+from supmim.engine import dist
+from supmim.device import resolve_device
+from supmim.engine.loop import Callback, Trainer, resolve_resume
+from supmim.errors import ConfigError
+from supmim.run import RunDir
+
+
+def provision_tokenizer(cfg: RunConfig, run: RunDir, *, progress: bool = True) -> RunConfig:
+    """A copy of ``cfg`` whose VQ tokenizer is the run's own copy in ``RUN/tokenizer``.
+
+    ``--tokenizer auto`` trains one there first; a given tokenizer is copied in, so the run
+    directory is self-contained. A run that already has its copy (a resume) keeps it.
+    Other targets: ``cfg`` unchanged (copied)."""
+    cfg = copy.deepcopy(cfg)
+    mim = cfg.mim
+    if not (mim.enabled and mim.target == "vq"):
+        return cfg
+    local = run.tokenizer_dir
+    if not (local / "tokenizer.json").is_file():
+        if mim.tokenizer == "auto":
+            if dist.is_main():
+                from supmim.run.tokenizer import train_tokenizer_for_run
+                train_tokenizer_for_run(cfg, local, steps=mim.tokenizer_steps,
+                                        progress=progress)
+        elif dist.is_main():
+            _copy_tokenizer(Path(mim.tokenizer or ""), local)
+        dist.barrier()
+    mim.tokenizer = str(local)
+    return cfg
+
+
+def _copy_tokenizer(src: Path, dest: Path) -> None:
+    files = [src / "tokenizer.safetensors", src / "tokenizer.json"] if src.is_dir() \
+        else [src, src.with_name("tokenizer.json")]
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"mim.tokenizer: '{f}' does not exist; pass the folder written "
+                              "by `supmim tokenizer train`")
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy2(f, dest / f.name)
+
+
+class MimGridCallback(Callback):
+    """``RUN/mim_grid.png`` at the end of a run: validation images, masked inputs, MIM
+    predictions and the tokenizer's reconstructions. A picture that cannot be drawn never
+    fails a finished run: the reason is printed and the summary says null."""
+
+    def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any] | None:
+        model = trainer.model
+        if not dist.is_main():
+            return None
+        if not model.has_mim or trainer.parts.fsdp or trainer.data.eval is None:
+            return {"mim_grid": None}
+        from supmim.visualize import save_run_grid
+        cfg = trainer.cfg
+        try:
+            path = save_run_grid(model, trainer.data.eval, trainer.out / "mim_grid.png",
+                                 masking=cfg.mim.masking, mask_ratio=cfg.mim.mask_ratio,
+                                 seed=cfg.train.seed, title=f"target {cfg.mim.target}, "
+                                 f"{cfg.mim.mask_ratio:.0%} of patches hidden")
+        except Exception as err:  # noqa: BLE001 - see docstring
+            print(f"supmim: note: could not draw the MIM grid ({type(err).__name__}: {err})")
+            return {"mim_grid": None}
+        return {"mim_grid": Path(path).name}
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
+          progress: bool = True, callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train one run into ``out_dir`` and return its summary.
+
+    resume: False (a new run), True (continue; a checkpoint must exist) or "auto" (continue
+    when there is a checkpoint, else start afresh). ``cfg`` is not changed."""
+    dist.setup(resolve_device(cfg.train.device))  # rank 0 alone trains a tokenizer
+    run = RunDir(out_dir)
+    resume = resolve_resume(run, resume)  # before a tokenizer is trained for nothing
+    cfg = provision_tokenizer(cfg, run, progress=progress)
+    trainer = Trainer(cfg, run.path, resume=resume, progress=progress,
+                      callbacks=[MimGridCallback(), *(callbacks or [])])
+    return trainer.fit()
