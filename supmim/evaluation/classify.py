@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from supmim.evaluation.common import EvaluationError, eval_mode
+from supmim.metrics import topk_hits
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -96,10 +97,9 @@ def classify(model: nn.Module, loader: DataLoader, class_map: ClassMap, device: 
         for images, labels, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False):
             logits = mapped_logits(model, images.to(device), class_map).float()
             labels = torch.as_tensor(labels, device=logits.device)
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top == labels[:, None]
-            hits1 += int(hits[:, 0].sum())
-            hits5 += int(hits.any(dim=1).sum())
+            top1, top5 = topk_hits(logits, labels, (1, 5))
+            hits1 += top1
+            hits5 += top5
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             n += len(labels)
     if n == 0:

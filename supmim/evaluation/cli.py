@@ -1,14 +1,23 @@
 """CLI commands of the evaluation suite (``supmim embed``, ``supmim eval ...``, ``supmim report``).
 
-Each handler imports what it needs when it runs, so ``supmim --help`` stays fast. Every
-``eval`` command writes one JSON result (default ``MODEL/eval/<task>-<data>.json``, where
-``supmim report MODEL`` finds it) and prints its headline numbers.
+This module only parses arguments: each handler builds the task's options from them, loads
+the model, runs the task of :mod:`supmim.evaluation.tasks` (where the work is done, and
+which Python code calls directly) and writes / prints the result. Handlers import what they
+need when they run, so ``supmim --help`` stays fast. Every ``eval`` command writes one JSON
+result (default ``MODEL/eval/<task>-<data>.json``, where ``supmim report MODEL`` finds it)
+and prints its headline numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from supmim.evaluation.loading import LoadedModel
+    from supmim.evaluation.tasks import TaskOptions
 
 MODEL_HELP = ("an exported timm folder (config.json + model.safetensors) or a supmim run directory")
 
@@ -47,7 +56,7 @@ def _add_pool(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- shared plumbing
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
+def _setup(args: argparse.Namespace) -> tuple[LoadedModel, torch.device]:
     """Threads, device, model."""
     import torch
 
@@ -62,19 +71,33 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     return loaded, device
 
 
-def _split(args: argparse.Namespace, split: str) -> Any:
-    from supmim.evaluation.datasets import load_split
+def _task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every task takes (:class:`~supmim.evaluation.tasks.TaskOptions`)."""
+    return dict(data_root=args.data_root, download=args.download, batch_size=args.batch_size,
+                workers=args.workers, cache_dir=args.cache_dir, progress=not args.quiet)
 
-    return load_split(args.data, split, data_root=args.data_root, download=args.download,
-                      cache_dir=args.cache_dir)
+
+def _feature_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the tasks on pooled features (``--pool``, ``--no-cache`` too)."""
+    return dict(_task_options(args), pool=args.pool, use_cache=not args.no_cache)
 
 
-def _features(args: argparse.Namespace, loaded: Any, split: Any, device: Any) -> tuple[Any, Any]:
-    from supmim.evaluation.features import split_features
+def _run(args: argparse.Namespace, task: str, options: TaskOptions) -> dict[str, Any]:
+    """Check ``options`` (before the model loads, so bad options fail fast), load the model,
+    run ``task`` on ``--data``."""
+    from supmim.evaluation.tasks import TASKS
 
-    return split_features(loaded, split, device, pool=args.pool, batch_size=args.batch_size,
-                          workers=args.workers, progress=not args.quiet, cache_dir=args.cache_dir,
-                          use_cache=not args.no_cache)
+    options.check()
+    loaded, device = _setup(args)
+    return TASKS[task].run(loaded, args.data, options, device=device)
+
+
+def _evaluate(args: argparse.Namespace, task: str, options: TaskOptions) -> int:
+    """Run an ``eval`` task and write its result where ``--out`` (or the default) says."""
+    from supmim.evaluation.tasks import TASKS
+
+    result = _run(args, task, options)
+    return _finish(args, result, task, TASKS[task].result_tag(result, options))
 
 
 def _finish(args: argparse.Namespace, result: dict[str, Any], task: str, tag: str) -> int:
@@ -89,367 +112,73 @@ def _finish(args: argparse.Namespace, result: dict[str, Any], task: str, tag: st
     return 0
 
 
-def _check_positive(name: str, value: float) -> None:
-    from supmim.evaluation.common import EvaluationError
-
-    if value <= 0:
-        raise EvaluationError(f"{name} must be > 0, got {value}")
-
-
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from supmim.evaluation.tasks import EmbedOptions
 
-    import numpy as np
-
-    from supmim.evaluation.common import EvaluationError, Timer, make_result, write_json
-    from supmim.evaluation.features import l2_normalize
-
-    timer = Timer()
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise EvaluationError(f"--out '{out}' must end in .npz (the metadata goes to the .json beside it)")
-    loaded, device = _setup(args)
-    split = _split(args, args.split)
-    feats, labels = _features(args, loaded, split, device)
-    if args.normalize:
-        import torch
-
-        feats = l2_normalize(torch.from_numpy(feats)).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, features=feats.astype(np.float32), labels=labels, classes=np.asarray(split.classes))
-    result = make_result(
-        "embed", f"embed | {split.tag}/{split.split}{_pool_note(args.pool)}", model=loaded.describe(),
-        data={"spec": args.data, "tag": split.tag, **split.describe()},
-        protocol={"pool": args.pool, "normalized": bool(args.normalize)},
-        metrics={}, details={"features": str(out), "shape": list(feats.shape)}, seconds=timer.seconds())
-    write_json(out.with_suffix(".json"), result)
-    print(f"{feats.shape[0]} features of size {feats.shape[1]} -> {out}", flush=True)
+    options = EmbedOptions(out=args.out, split=args.split, normalize=args.normalize, **_feature_options(args))
+    result = _run(args, "embed", options)
+    n, dim = result["details"]["shape"]
+    print(f"{n} features of size {dim} -> {result['details']['features']}", flush=True)
     return 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from supmim.evaluation.classify import classify, resolve_class_map
-    from supmim.evaluation.common import Timer, make_result
-    from supmim.evaluation.datasets import eval_transform
-    from supmim.evaluation.features import make_loader
+    from supmim.evaluation.tasks import ClassifyOptions
 
-    timer = Timer()
-    loaded, device = _setup(args)
-    split = _split(args, args.split)
-    class_map = resolve_class_map(loaded.num_classes, loaded.label_names, split.classes)
-    dataset = split.with_transform(eval_transform(loaded.data_config), loaded.in_chans)
-    scores = classify(loaded.model, make_loader(dataset, args.batch_size, args.workers, device),
-                      class_map, device, progress=not args.quiet)
-    result = make_result(
-        "classify", f"classify | {split.tag}/{split.split}", model=loaded.describe(),
-        data={"spec": args.data, "tag": split.tag, **split.describe()},
-        protocol={"head": "the model's own", "class_map": class_map.describe(),
-                  "preprocessing": {k: v for k, v in loaded.data_config.items()}},
-        metrics={"top-1": scores["top1"], "top-5": scores["top5"]},
-        details={"loss": scores["loss"], "n": scores["n"]}, seconds=timer.seconds())
-    return _finish(args, result, "classify", f"{split.tag}-{split.split}")
+    return _evaluate(args, "classify", ClassifyOptions(split=args.split, **_task_options(args)))
 
 
 def cmd_linear(args: argparse.Namespace) -> int:
-    from supmim.evaluation.common import Timer, make_result
-    from supmim.evaluation.linear_probe import fit_linear_probe
+    from supmim.evaluation.tasks import LinearOptions
 
-    timer = Timer()
-    loaded, device = _setup(args)
-    train, test = _split(args, args.train_split), _split(args, args.test_split)
-    train_x, train_y = _features(args, loaded, train, device)
-    test_x, test_y = _features(args, loaded, test, device)
-    probe = fit_linear_probe(train_x, train_y, len(train.classes), wd_grid=args.wd,
-                             val_fraction=args.val_fraction, seed=args.seed)
-    scores = probe.evaluate(test_x, test_y)
-    result = make_result(
-        "linear", f"linear probe | {train.tag}{_pool_note(args.pool)}", model=loaded.describe(),
-        data={"spec": args.data, "tag": train.tag, "train": train.describe(), "test": test.describe()},
-        protocol={"features": f"frozen, pool={args.pool}, L2-normalised",
-                  "classifier": "multinomial logistic regression, full-batch L-BFGS",
-                  "wd_grid": list(args.wd), "val_fraction": args.val_fraction, "split_seed": args.seed,
-                  "chosen_wd": probe.wd},
-        metrics={"top-1": scores["top1"], "top-5": scores["top5"]},
-        details={"val_top1_by_wd": {str(k): v for k, v in probe.val_top1.items()}, "test_loss": scores["loss"]},
-        seconds=timer.seconds())
-    return _finish(args, result, "linear", _tag(train.tag, args.pool))
-
-
-def _pool_note(pool: str) -> str:
-    return "" if pool == "default" else f" | pool={pool}"
-
-
-def _tag(tag: str, pool: str, *extra: str) -> str:
-    parts = [tag] + ([pool] if pool != "default" else []) + [e for e in extra if e]
-    return "-".join(parts)
+    options = LinearOptions(train_split=args.train_split, test_split=args.test_split, wd=args.wd,
+                            val_fraction=args.val_fraction, seed=args.seed, **_feature_options(args))
+    return _evaluate(args, "linear", options)
 
 
 def cmd_knn(args: argparse.Namespace) -> int:
-    from supmim.evaluation.common import Timer, make_result
-    from supmim.evaluation.knn import knn_evaluate
+    from supmim.evaluation.tasks import KnnOptions
 
-    _check_positive("--temperature", args.temperature)
-    timer = Timer()
-    loaded, device = _setup(args)
-    train, test = _split(args, args.train_split), _split(args, args.test_split)
-    train_x, train_y = _features(args, loaded, train, device)
-    test_x, test_y = _features(args, loaded, test, device)
-    scores = knn_evaluate(train_x, train_y, test_x, test_y, ks=args.k, temperature=args.temperature,
-                          num_classes=len(train.classes))
-    metrics = {}
-    for k, s in scores.items():
-        metrics[f"k={k} top-1"] = s["top1"]
-    for k, s in scores.items():
-        metrics[f"k={k} top-5"] = s["top5"]
-    result = make_result(
-        "knn", f"kNN | {train.tag}{_pool_note(args.pool)}", model=loaded.describe(),
-        data={"spec": args.data, "tag": train.tag, "bank": train.describe(), "queries": test.describe()},
-        protocol={"similarity": "cosine (L2-normalised features)", "weights": "exp(sim / T)",
-                  "temperature": args.temperature, "k": list(args.k), "pool": args.pool},
-        metrics=metrics, details={"per_k": {str(k): v for k, v in scores.items()}}, seconds=timer.seconds())
-    return _finish(args, result, "knn", _tag(train.tag, args.pool))
+    options = KnnOptions(k=args.k, temperature=args.temperature, train_split=args.train_split,
+                         test_split=args.test_split, **_feature_options(args))
+    return _evaluate(args, "knn", options)
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
-    from supmim.evaluation.common import Timer, make_result
-    from supmim.evaluation.retrieval import retrieval_metrics
+    from supmim.evaluation.tasks import RetrievalOptions
 
-    timer = Timer()
-    loaded, device = _setup(args)
-    if args.leave_one_out:
-        query = _split(args, args.split or "all")
-        q_x, q_y = _features(args, loaded, query, device)
-        scores = retrieval_metrics(q_x, q_y, ks=args.recall_at, leave_one_out=True, backend=args.backend,
-                                   topn=args.topn, memory_mb=args.memory_mb)
-        protocol_text = f"leave-one-out on {query.split}"
-        data = {"spec": args.data, "tag": query.tag, "set": query.describe()}
-    else:
-        query, gallery = _split(args, args.query_split), _split(args, args.gallery_split)
-        q_x, q_y = _features(args, loaded, query, device)
-        g_x, g_y = _features(args, loaded, gallery, device)
-        if query.classes != gallery.classes:
-            from supmim.evaluation.common import EvaluationError
-
-            raise EvaluationError("query and gallery splits have different class lists; labels would not match")
-        scores = retrieval_metrics(q_x, q_y, g_x, g_y, ks=args.recall_at, backend=args.backend,
-                                   topn=args.topn, memory_mb=args.memory_mb)
-        protocol_text = f"{query.split} -> {gallery.split}"
-        data = {"spec": args.data, "tag": query.tag, "queries": query.describe(), "gallery": gallery.describe()}
-    metrics = {k: v for k, v in scores.items() if k.startswith(("R@", "mAP"))}
-    result = make_result(
-        "retrieval", f"retrieval | {query.tag} | {protocol_text}{_pool_note(args.pool)}", model=loaded.describe(),
-        data=data,
-        protocol={"similarity": "cosine", "relevant": "same label", "protocol": protocol_text,
-                  "recall": "R@K = % of queries with a relevant item in the top K",
-                  "mAP": "full-ranking average precision, averaged over queries with a relevant item"
-                  if args.backend == "torch" else f"AP over the top {args.topn or 100}",
-                  "backend": args.backend, "pool": args.pool},
-        metrics=metrics, details={k: v for k, v in scores.items() if k not in metrics},
-        seconds=timer.seconds())
-    return _finish(args, result, "retrieval", _tag(query.tag, args.pool, "loo" if args.leave_one_out else ""))
-
-
-def _size(args: argparse.Namespace, loaded: Any) -> tuple[int, int]:
-    from supmim.evaluation.common import EvaluationError
-
-    if not args.size:
-        return int(loaded.data_config["input_size"][1]), int(loaded.data_config["input_size"][2])
-    if len(args.size) > 2:
-        raise EvaluationError("--size takes H or H W")
-    return (args.size[0], args.size[-1])
+    options = RetrievalOptions(query_split=args.query_split, gallery_split=args.gallery_split,
+                               leave_one_out=args.leave_one_out, split=args.split, recall_at=args.recall_at,
+                               backend=args.backend, topn=args.topn, memory_mb=args.memory_mb,
+                               **_feature_options(args))
+    return _evaluate(args, "retrieval", options)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from supmim.data import channel_stats
-    from supmim.evaluation.common import Timer, make_result
-    from supmim.evaluation.segmentation.data import load_seg_split
-    from supmim.evaluation.segmentation.train import SegProtocol, run_segmentation
+    from supmim.evaluation.tasks import SegmentOptions
 
-    for name in ("epochs", "lr", "batch_size"):
-        _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
-    timer = Timer()
-    loaded, device = _setup(args)
-    kw = dict(ignore_ids=args.ignore_id, num_classes=args.num_classes,
-              reduce_zero_label=args.reduce_zero_label, cache_dir=args.cache_dir)
-    train = load_seg_split(args.data, args.train_split, **kw)
-    test = load_seg_split(args.data, args.test_split, **kw)
-    proto = SegProtocol(size=_size(args, loaded), head=args.head, finetune=args.finetune,
-                        epochs=args.epochs, batch_size=args.seg_batch_size, lr=args.lr,
-                        weight_decay=args.weight_decay, encoder_lr_scale=args.encoder_lr_scale,
-                        levels=args.levels, width=args.width, seed=args.seed, cache_gb=args.cache_gb)
-    mean, std = channel_stats(loaded.data_config["mean"], loaded.data_config["std"], loaded.in_chans)
-    out = run_segmentation(loaded.model, train, test, proto, mean=mean, std=std, in_chans=loaded.in_chans,
-                           interpolation=loaded.data_config.get("interpolation", "bilinear"),
-                           device=device, workers=args.workers, progress=not args.quiet)
-    mode = "fine-tuned" if args.finetune else "frozen"
-    result = make_result(
-        "segment", f"segment | {train.tag} | {args.head} head, {mode}", model=loaded.describe(),
-        data={"spec": args.data, "tag": train.tag, "train": train.describe(), "test": test.describe()},
-        protocol={**out["protocol"], "levels": out["levels"], "feature_grid": out["feature_grid"],
-                  "input": f"images resized to {proto.size[0]}x{proto.size[1]}, no augmentation",
-                  "evaluation": "logits upsampled bilinearly to the label resolution; ignore index 255"},
-        metrics={"mIoU": out["mIoU"], "pixel acc": out["pixel_acc"], "mean class acc": out["mean_acc"]},
-        details={"per_class_iou": dict(zip(train.classes, out["per_class_iou"])),
-                 "train_loss": out["train_loss"], "confusion": out["confusion"],
-                 "cached_features": out["cached_features"], "seconds": out["seconds"]},
-        seconds=timer.seconds())
-    return _finish(args, result, "segment", f"{train.tag}-{args.head}{'-ft' if args.finetune else ''}")
+    options = SegmentOptions(
+        train_split=args.train_split, test_split=args.test_split, head=args.head, finetune=args.finetune,
+        size=args.size, epochs=args.epochs, seg_batch_size=args.seg_batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, encoder_lr_scale=args.encoder_lr_scale, levels=args.levels,
+        width=args.width, seed=args.seed, ignore_id=args.ignore_id, num_classes=args.num_classes,
+        reduce_zero_label=args.reduce_zero_label, cache_gb=args.cache_gb, **_task_options(args))
+    return _evaluate(args, "segment", options)
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from supmim.evaluation.common import EvaluationError, Timer, make_result
+    from supmim.evaluation.tasks import RobustnessOptions
+    from supmim.evaluation.tasks.robustness import require_input
 
-    if not args.data and not args.variant:
-        raise EvaluationError("give --data (corruptions of its --split) and/or --variant NAME=PATH")
-    timer = Timer()
-    loaded, device = _setup(args)
-    metrics: dict[str, float] = {}
-    details: dict[str, Any] = {}
-    protocol: dict[str, Any] = {}
-    lower: list[str] = []
-    tag, data = "variants", {}
-    if args.data:
-        scores, tag, data = _corruption_run(args, loaded, device)
-        protocol = scores.pop("protocol")
-        details.update(scores)
-        metrics["clean top-1"] = scores["clean"]
-        metrics["corrupted top-1"] = scores["mean_corrupted"]
-        for s, acc in zip(scores["severities"], scores["per_severity"]):
-            metrics[f"severity {s} top-1"] = acc
-        if args.baseline:
-            from supmim.evaluation.robustness import mce
-
-            ref = _baseline_scores(args, protocol)
-            errors = {c: [100 - a for a in acc] for c, acc in scores["accuracy"].items()}
-            ref_errors = {c: [100 - a for a in acc] for c, acc in ref["accuracy"].items()}
-            m = mce(errors, ref_errors, 100 - scores["clean"], 100 - ref["clean"])
-            for key, name in (("mCE", "mCE"), ("relative_mCE", "relative mCE")):
-                if m.get(key) is not None:
-                    metrics[name] = m[key]
-                    lower.append(name)
-            details["mce"] = {**m, "baseline": ref["source"]}
-    for text in args.variant or []:
-        name, _, path = text.partition("=")
-        top1, info = _variant_run(args, loaded, device, name, path)
-        metrics[f"{name} top-1"] = top1
-        details.setdefault("variants", {})[name] = info
-    if args.variant:
-        protocol["variants"] = ("the model's head; for a dataset with a subset of its classes "
-                                "(ImageNet-A/-R: 200 of 1000) the argmax is over that subset's logits only")
-    result = make_result("robustness", f"robustness | {tag}", model=loaded.describe(), data=data,
-                         protocol=protocol, metrics=metrics, details=details, seconds=timer.seconds(),
-                         lower_is_better=lower)
-    return _finish(args, result, "robustness", tag)
-
-
-def _corruption_run(args: argparse.Namespace, loaded: Any, device: Any) -> tuple[dict[str, Any], str, dict]:
-    import statistics
-
-    import numpy as np
-
-    from supmim.data import channel_stats, stratified_subset
-    from supmim.data.sources import cache_root
-    from supmim.evaluation.classify import resolve_class_map
-    from supmim.evaluation.common import EvaluationError
-    from supmim.evaluation.datasets import eval_transform
-    from supmim.evaluation.robustness import (CORRUPTIONS, clean_images, corruption_accuracies,
-                                              corruption_cache_key, corruption_functions,
-                                              split_transform)
-
-    corruption_functions()  # fail early, before any work, when the package is missing
-    corruptions = CORRUPTIONS if args.corruptions == ["all"] else args.corruptions
-    unknown = [c for c in corruptions if c not in CORRUPTIONS]
-    if unknown:
-        raise EvaluationError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)} or all")
-    if any(s not in (1, 2, 3, 4, 5) for s in args.severities):
-        raise EvaluationError(f"--severities must be within 1..5, got {args.severities}")
-    h, w = loaded.data_config["input_size"][1:]
-    if min(h, w) < 32:
-        raise EvaluationError(f"the corruption functions need images of at least 32x32; the model takes "
-                              f"{h}x{w}")
-    split = _split(args, args.split)
-    class_map = resolve_class_map(loaded.num_classes, loaded.label_names, split.classes)
-    indices = np.arange(len(split))
-    if args.subset:
-        if args.subset > len(split):
-            raise EvaluationError(f"--subset {args.subset} exceeds the split's {len(split)} images")
-        indices = stratified_subset(split.labels, args.subset, args.seed)
-    geometric, _ = split_transform(eval_transform(loaded.data_config))
-    mean, std = channel_stats(loaded.data_config["mean"], loaded.data_config["std"], loaded.in_chans)
-    clean, labels = clean_images(split, geometric, indices, args.workers)
-    cache_dir = None if args.no_cache else \
-        cache_root(args.cache_dir) / "corrupted" / corruption_cache_key(split, indices, geometric, args.seed)
-    result = corruption_accuracies(loaded.model, clean, labels, indices, class_map, mean, std, device,
-                                   corruptions=corruptions, severities=args.severities, seed=args.seed,
-                                   workers=args.workers, cache_dir=cache_dir, batch_size=args.batch_size,
-                                   progress=not args.quiet)
-    acc = result["accuracy"]
-    per_sev = [statistics.fmean(acc[c][i] for c in acc) for i in range(len(args.severities))]
-    scores = {"clean": result["clean"], "accuracy": acc, "severities": list(args.severities),
-              "per_severity": per_sev, "mean_corrupted": statistics.fmean(per_sev),
-              "per_corruption": {c: statistics.fmean(v) for c, v in acc.items()},
-              "protocol": {"corruptions": list(corruptions), "severities": list(args.severities),
-                           "images": int(len(indices)),
-                           "subset": f"{args.subset} (stratified, seed {args.seed})" if args.subset else "all",
-                           "seed": args.seed, "package": "imagecorruptions (imagecorruptions-imaug)",
-                           "order": "resize/crop to the model's input size, corrupt, normalise",
-                           "class_map": class_map.describe()}}
-    tag = f"{split.tag}-{split.split}-corrupted"
-    return scores, tag, {"spec": args.data, "tag": split.tag, **split.describe(), "images": int(len(indices))}
-
-
-def _baseline_scores(args: argparse.Namespace, mine: dict[str, Any]) -> dict[str, Any]:
-    """The reference's clean and per-corruption accuracy: a result JSON, or a MODEL evaluated here."""
-    import json
-    from pathlib import Path
-
-    from supmim.evaluation.common import EvaluationError
-
-    path = Path(args.baseline)
-    if path.is_file():
-        try:
-            ref = json.loads(path.read_text())
-            details, theirs = ref["details"], ref.get("protocol", {})
-            out = {"clean": details["clean"], "accuracy": details["accuracy"], "source": str(path)}
-        except (OSError, ValueError, KeyError) as err:
-            raise EvaluationError(f"--baseline '{path}' is not a robustness result of `supmim eval "
-                                  f"robustness`: {err}") from err
-        for key in ("severities", "images", "subset", "seed"):
-            if key in theirs and theirs[key] != mine[key]:
-                raise EvaluationError(f"--baseline '{path}' was evaluated with {key}={theirs[key]}, this run "
-                                      f"with {mine[key]}; evaluate both the same way")
-        return out
-    from types import SimpleNamespace
-
-    sub = SimpleNamespace(**{**vars(args), "model": args.baseline, "baseline": None})
-    loaded, device = _setup(sub)
-    ref, _, _ = _corruption_run(sub, loaded, device)
-    return {"clean": ref["clean"], "accuracy": ref["accuracy"], "source": args.baseline}
-
-
-def _variant_run(args: argparse.Namespace, loaded: Any, device: Any, name: str, path: str) -> tuple[float, dict]:
-    from supmim.evaluation.classify import classify, resolve_class_map
-    from supmim.evaluation.common import EvaluationError
-    from supmim.evaluation.datasets import eval_transform, load_split
-    from supmim.evaluation.features import make_loader
-    from supmim.evaluation.robustness import VARIANT_CLASSES
-
-    if name not in VARIANT_CLASSES or not path:
-        raise EvaluationError(f"--variant '{name}={path}': use NAME=PATH with NAME one of "
-                              f"{', '.join(VARIANT_CLASSES)}")
-    split = load_split(path, "all", cache_dir=args.cache_dir)
-    if len(split.classes) != VARIANT_CLASSES[name]:
-        raise EvaluationError(f"{name} has {VARIANT_CLASSES[name]} classes but '{path}' has "
-                              f"{len(split.classes)} class folders; is it the right folder?")
-    class_map = resolve_class_map(loaded.num_classes, loaded.label_names, split.classes)
-    dataset = split.with_transform(eval_transform(loaded.data_config), loaded.in_chans)
-    scores = classify(loaded.model, make_loader(dataset, args.batch_size, args.workers, device), class_map,
-                      device, progress=not args.quiet, desc=name)
-    return scores["top1"], {"path": path, "n": len(split), "top5": scores["top5"],
-                            "class_map": class_map.describe()}
+    options = RobustnessOptions(
+        split=args.split, corruptions=args.corruptions, severities=args.severities, subset=args.subset,
+        seed=args.seed, baseline=args.baseline, variants=args.variant or [], use_cache=not args.no_cache,
+        checkpoint=args.checkpoint, weights=args.weights, **_task_options(args))
+    require_input(args.data, options)
+    return _evaluate(args, "robustness", options)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ the results of two models with the same ``name`` sit in the same report row.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re
@@ -27,7 +26,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from supmim.errors import SupmimError
+from supmim.device import resolve_device as _resolve_device
+from supmim.errors import ConfigError, SupmimError
+from supmim.files import write_json as _write_json
 
 RESULT_VERSION = 1
 
@@ -37,16 +38,12 @@ class EvaluationError(SupmimError, ValueError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an unavailable CUDA device is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """:func:`supmim.device.resolve_device` for ``--device``: ``auto`` picks CUDA when present;
+    an unavailable CUDA device is an :class:`EvaluationError`, not a fallback."""
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise EvaluationError(f"--device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"--device '{name}' asked for CUDA, which is not available; use cpu or auto")
-    return device
+        return _resolve_device(name)
+    except ConfigError as err:  # "device '...' ..." -> "--device '...' ...", the flag's name
+        raise EvaluationError(f"--{err}") from err
 
 
 @contextlib.contextmanager
@@ -119,21 +116,9 @@ def default_result_path(model_spec: str, task: str, tag: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, creating folders; the file appears complete or not at all."""
-    path = Path(path)
+    """Write ``obj`` as indented JSON (numpy values, tensors and paths allowed: the default of
+    :func:`supmim.files.write_json`), creating folders; the file appears complete or not at all."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-        os.replace(tmp, path)
+        return _write_json(path, obj, indent=2)
     except OSError as err:
         raise EvaluationError(f"cannot write '{path}': {err}; pass --out with a writable location") from err
-    return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -26,8 +26,8 @@ from typing import Any, Callable
 import numpy as np
 from torch.utils.data import Dataset
 
-from supmim.data import ArrayDataset, FolderDataset, ImageDataset, labels_of, resolve_data
-from supmim.data.sources import IMAGE_EXTENSIONS
+from supmim.data import (IMAGE_EXTENSIONS, ArrayDataset, FolderDataset, ImageDataset, labels_of,
+                         resolve_data)
 from supmim.errors import DataError
 from supmim.evaluation.common import data_tag
 
@@ -75,7 +75,7 @@ def load_split(spec: str, split: str, *, data_root: str | None = None, download:
     if path.is_file() and path.name.lower().endswith(".npz"):
         return _npz_split(path, split, tag)
     if path.is_file():
-        from supmim.data.sources import extract_archive  # the data package's safe, cached extraction
+        from supmim.data import extract_archive  # the data package's safe, cached extraction
 
         if not path.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
             raise DataError(f"--data '{spec}' is a file but neither a .npz nor a .tar/.tar.gz/.tgz.\n"

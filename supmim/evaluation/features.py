@@ -95,7 +95,7 @@ def split_features(loaded: LoadedModel, split: EvalSplit, device: torch.device, 
 
 def _cache_path(loaded: LoadedModel, split: EvalSplit, pool: str, transform: str,
                 cache_dir: str | None) -> Path:
-    from supmim.data.sources import cache_root
+    from supmim.data import cache_root
 
     key = {"model": loaded.fingerprint(), "data": split.source, "split": split.split,
            "n": len(split), "labels": hashlib.sha256(split.labels.tobytes()).hexdigest()[:16],

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from supmim.evaluation.common import EvaluationError
 from supmim.evaluation.features import l2_normalize
+from supmim.metrics import topk_hits
 
 DINO_KS = (10, 20, 100, 200)
 DINO_TEMPERATURE = 0.07
@@ -60,10 +61,8 @@ def knn_evaluate(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: 
     results: dict[int, dict[str, float]] = {}
     for k in ks:
         scores = knn_scores(bank, bank_y, queries, k, temperature, num_classes, chunk)
-        top = scores.topk(min(5, num_classes), dim=1).indices
-        hits = top == query_y[:, None]
+        hits1, hits5 = topk_hits(scores, query_y, (1, 5))
         n = max(len(query_y), 1)
-        results[int(k)] = {"top1": 100.0 * float(hits[:, 0].sum()) / n,
-                           "top5": 100.0 * float(hits.any(dim=1).sum()) / n,
+        results[int(k)] = {"top1": 100.0 * hits1 / n, "top5": 100.0 * hits5 / n,
                            "k_used": min(int(k), len(bank_y))}
     return results

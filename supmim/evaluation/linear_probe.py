@@ -22,6 +22,7 @@ from torch import Tensor
 from supmim.data import stratified_split
 from supmim.evaluation.common import EvaluationError
 from supmim.evaluation.features import l2_normalize
+from supmim.metrics import topk_hits
 
 WD_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -44,11 +45,9 @@ class LinearProbe:
         """Top-1 / top-5 (%) and mean cross-entropy."""
         logits = self.logits(feats)
         y = torch.from_numpy(np.asarray(labels)).long()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == y[:, None]
+        hits1, hits5 = topk_hits(logits, y, (1, 5))
         n = max(len(y), 1)
-        return {"top1": 100.0 * float(hits[:, 0].sum()) / n,
-                "top5": 100.0 * float(hits.any(dim=1).sum()) / n,
+        return {"top1": 100.0 * hits1 / n, "top5": 100.0 * hits5 / n,
                 "loss": float(torch.nn.functional.cross_entropy(logits, y))}
 
 

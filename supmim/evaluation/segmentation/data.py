@@ -28,8 +28,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from supmim.data import stratified_split
-from supmim.data.sources import IMAGE_EXTENSIONS
+from supmim.data import IMAGE_EXTENSIONS, stratified_split
 from supmim.errors import DataError
 from supmim.evaluation.common import data_tag
 from supmim.evaluation.segmentation.metrics import IGNORE_INDEX
@@ -116,7 +115,7 @@ def load_seg_split(spec: str, split: str, *, ignore_ids: Sequence[int] | None = 
         raise DataError(f"'{spec}' has no segmentation split '{split}' (splits: {', '.join(splits) or 'none'}; "
                         f"keys: {', '.join(sorted(keys))}).\n{SEG_DATA_FORMS}")
     if path.is_file():
-        from supmim.data.sources import extract_archive  # the data package's safe, cached extraction
+        from supmim.data import extract_archive  # the data package's safe, cached extraction
 
         path = extract_archive(path, cache_dir)
     if path.is_dir():
