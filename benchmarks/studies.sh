@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every named ablation study (supmim/studies.py) at its CPU size: the cifar10 preset ViT
+# Every named ablation study (supmim/experiments/studies.py) at its CPU size: the cifar10 preset ViT
 # (192 wide, 6 deep, patch 4, GAP), 6 epochs on the shared 5k/1k CIFAR-10 subset, VQ tokens
 # of the CIFAR tokenizer of BENCHMARKS 2, seeds 0 1 2. The stage study pre-trains on the
 # shared Tiny ImageNet 10-class subset and fine-tunes on CIFAR-10.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from supmim.bench import BenchConfig, bench, format_result
+from supmim.experiments.bench import BenchConfig, bench, format_result
 from supmim.cli import main
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import supmim.demo as demo
+import supmim.experiments.demo as demo
 from supmim.errors import DataError
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from supmim.cli import main
 from supmim.errors import ConfigError
-from supmim.sweep import parse_grid
+from supmim.experiments.sweep import parse_grid
 from tests._fixtures import make_image_folder
 
 
@@ -61,7 +61,7 @@ def test_sweep_rejects_a_bad_arm_before_training(tmp_path):
 
 
 def test_parse_arm_types_and_errors():
-    from supmim.sweep import parse_arm
+    from supmim.experiments.sweep import parse_arm
     assert parse_arm("mim.target=pixel;mim.weight=0.5") == {"mim.target": "pixel",
                                                              "mim.weight": 0.5}
     with pytest.raises(ConfigError, match="twice"):
@@ -146,7 +146,7 @@ def test_pooling_sweep_has_a_baseline_per_pool_and_runs_in_parallel(tmp_path):
 
 
 def test_deltas_are_paired_by_seed():
-    from supmim.sweep import _paired_delta
+    from supmim.experiments.sweep import _paired_delta
     base = [{"seed": 0, "m": 30.0}, {"seed": 1, "m": 40.0}, {"seed": 2, "m": 50.0}]
     arm = [{"seed": 1, "m": 41.0}, {"seed": 2, "m": 53.0}, {"seed": 3, "m": 99.0}]
     assert _paired_delta(arm, base, "m") == pytest.approx(2.0)  # seeds 1 and 2 only

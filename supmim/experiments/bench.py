@@ -15,7 +15,6 @@ peak is known (or given with ``--peak-tflops``).
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -29,8 +28,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from supmim.config import RunConfig, build_config
-from supmim.engine.trainer import RunData, Trainer, amp_dtype, resolve_device
+from supmim.device import amp_dtype, resolve_device
+from supmim.data.splits import RunData
+from supmim.engine.loop import Trainer
 from supmim.errors import ConfigError
+from supmim.files import write_json
 from supmim.models import create_vit
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
@@ -101,7 +103,7 @@ def run_config(b: BenchConfig, tokenizer: str | None) -> RunConfig:
 
 def _random_tokenizer(folder: Path, b: BenchConfig) -> str:
     """An untrained VQ tokenizer with the benchmark's token grid: same cost as a trained one."""
-    from supmim.targets.vq import TokenizerConfig, VQTokenizer
+    from supmim.targets.tokenizers.small_vq import TokenizerConfig, VQTokenizer
     factor = min((2, 4, 8, 16), key=lambda f: abs(f - b.patch_size))
     VQTokenizer(TokenizerConfig(factor=factor, img_size=b.img_size)).save(folder)
     return str(folder)
@@ -148,7 +150,7 @@ class _PlainLoop:
 
 def _trainer(cfg: RunConfig, out: Path, data: RunData) -> Trainer:
     t = Trainer(cfg, out, progress=False, data=data)
-    t._setup()
+    t.setup()
     return t
 
 
@@ -313,5 +315,4 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def write_result(r: dict[str, Any], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(r, indent=2))
+    write_json(path, r)

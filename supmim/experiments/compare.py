@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from supmim.config import RunConfig, save_config
-from supmim.engine.checkpoint import atomic_write_text, latest_checkpoint
-from supmim.engine.trainer import train
+from supmim.run import RunDir
+from supmim.training import train
+from supmim.files import atomic_write_text, write_json
 from supmim.plots import plot_arm_curves
 
 ARMS = ("baseline", "mim")
@@ -29,7 +30,7 @@ def run_arm(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
     """Train one arm, or reuse / resume what an earlier call left."""
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
-    resume = latest_checkpoint(run_dir) is not None
+    resume = RunDir(run_dir).latest() is not None
     if not resume and run_dir.exists():  # started but never finished an epoch: start over
         shutil.rmtree(run_dir)
     return train(cfg, run_dir, resume=resume, progress=progress)
@@ -52,7 +53,7 @@ def compare(cfg: RunConfig, out_dir: str | Path, seeds: list[int], *,
     out.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(cfg)
     if cfg.mim.target == "vq" and cfg.mim.tokenizer == "auto":
-        from supmim.tokenizer import train_tokenizer_for_run
+        from supmim.run.tokenizer import train_tokenizer_for_run
         tok = out / "tokenizer"
         if not (tok / "tokenizer.json").is_file():
             train_tokenizer_for_run(cfg, tok, steps=cfg.mim.tokenizer_steps, progress=progress)
@@ -72,7 +73,7 @@ def compare(cfg: RunConfig, out_dir: str | Path, seeds: list[int], *,
                          "mean_step_seconds": summary["mean_step_seconds"],
                          "train_seconds": summary["train_seconds"], "steps": summary["steps"]})
     result = summarize(runs, cfg)
-    atomic_write_text(out / "compare.json", json.dumps(result, indent=2))
+    write_json(out / "compare.json", result)
     atomic_write_text(out / "compare.md", render_markdown(result))
     plot_arm_curves({arm: [Path(r["run"]) for r in runs if r["arm"] == arm] for arm in ARMS},
                     out / "compare_curves.png")

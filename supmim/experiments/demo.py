@@ -11,12 +11,12 @@ import json
 import time
 from pathlib import Path
 
-from supmim.compare import compare
+from supmim.experiments.compare import compare
 from supmim.config import build_config
 from supmim.data import resolve_data
-from supmim.engine.checkpoint import atomic_write_text
 from supmim.errors import DataError
-from supmim.tokenizer import train_tokenizer_for_run
+from supmim.files import atomic_write_text
+from supmim.run.tokenizer import train_tokenizer_for_run
 
 DEMO_TOKENIZER_STEPS = {"fashion-mnist": 1500, "digits": 1000}  # batch 32
 

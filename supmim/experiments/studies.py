@@ -89,7 +89,7 @@ def run_stage_study(cfg: Any, pretrain_data: str, out_dir: str | Path, seeds: li
     and seed (``train.init_from``), plus the from-scratch baseline; deltas are to the
     baseline (no pre-training, no MIM). Reuses finished runs like any sweep."""
     from supmim.config import set_key
-    from supmim.sweep import sweep
+    from supmim.experiments.sweep import sweep
     out = Path(out_dir)
     pre_cfg = copy.deepcopy(cfg)
     set_key(pre_cfg, "data.data", pretrain_data)

@@ -23,10 +23,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from supmim.compare import run_arm, seed_stats
+from supmim.experiments.compare import run_arm, seed_stats
 from supmim.config import RunConfig, parse_override, save_config, set_key, validate
-from supmim.engine.checkpoint import atomic_write_text
 from supmim.errors import ConfigError
+from supmim.files import atomic_write_text, write_json
 
 BASELINE = "baseline"
 
@@ -122,27 +122,19 @@ def knn_top1(run_dir: Path, cfg: RunConfig, k: int = 20, progress: bool = False)
     cache = run_dir / "knn.json"
     if cache.is_file():
         return float(json.loads(cache.read_text())["top1"])
-    import torch
-
     from supmim.data.splits import build_run_data
-    from supmim.evaluation.features import extract_features, l2_normalize, make_loader
-    from supmim.evaluation.knn import knn_evaluate
-    from supmim.export import load_run_encoder
-    vit, run_cfg, _ = load_run_encoder(run_dir)
+    from supmim.device import resolve_device
+    from supmim.evaluation.tasks.knn import knn_on_datasets
+    from supmim.run import RunDir
+    run = RunDir.open(run_dir)
+    run_cfg = run.config()
     data = build_run_data(run_cfg, train_as_eval=True)
     if data.test is None:
         raise ConfigError(f"sweep kNN needs a test split; '{run_cfg.data.data}' has none")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    vit = vit.to(device)
-    feats = []
-    for ds in (data.train, data.test):
-        x, y = extract_features(vit, make_loader(ds, 256, 0, device), device, progress=progress)
-        keep = y >= 0  # unreadable images come back labelled -1
-        feats.append((l2_normalize(torch.from_numpy(x[keep])).numpy(), y[keep]))
-    (bank, bank_y), (query, query_y) = feats
-    result = knn_evaluate(bank, bank_y, query, query_y, ks=(k,),
-                          num_classes=len(data.classes))[k]
-    atomic_write_text(cache, json.dumps({"k": k, "temperature": 0.07, **result}))
+    result = knn_on_datasets(run.build_encoder(), data.train, data.test,
+                             num_classes=len(data.classes), k=(k,),
+                             device=resolve_device("auto"), progress=progress)[k]
+    write_json(cache, {"k": k, "temperature": 0.07, **result}, indent=None)
     return float(result["top1"])
 
 
@@ -188,7 +180,7 @@ def sweep(cfg: RunConfig, out_dir: str | Path, grid: dict[str, list[Any]], seeds
     keys = list(grid) + [k for a in arms or [] for k in a if k not in grid and k != "name"]
     result = {"grid": {k: list(v) for k, v in grid.items()}, "keys": list(dict.fromkeys(keys)),
               "seeds": seeds, "arms": rows, "baselines": list(bases)}
-    atomic_write_text(out / "sweep.json", json.dumps(result, indent=2))
+    write_json(out / "sweep.json", result)
     atomic_write_text(out / "sweep.md", render_markdown(result))
     plot_sweep(result, out)
     return result
