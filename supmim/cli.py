@@ -76,18 +76,17 @@ def _resume_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from supmim.run import RunDir
     from supmim.training import train
-    resume: bool | str = args.resume == "yes"
-    if args.resume == "auto" and RunDir(args.out).latest() is not None:
-        resume = True
-    elif args.resume == "auto":
-        resume = "auto"  # nothing to resume: a new run (clearing a pre-checkpoint crash's log)
-    if resume is True:
+    continuing = args.resume == "yes" or (args.resume == "auto"
+                                          and RunDir(args.out).latest() is not None)
+    if continuing:
         cfg = _resume_config(args)
     else:
         if args.data is None:
             raise SupmimError("--data is required (except when resuming a run that has a "
                               "checkpoint)")
         cfg = _config_from(args)
+    # "auto" without a checkpoint: a new run (clearing a pre-checkpoint crash's log)
+    resume: bool | str = True if continuing else ("auto" if args.resume == "auto" else False)
     from supmim.engine import dist
     try:
         summary = train(cfg, args.out, resume=resume, progress=not args.quiet)

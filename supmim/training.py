@@ -15,7 +15,7 @@ from typing import Any
 from supmim.config import RunConfig
 from supmim.engine import dist
 from supmim.device import resolve_device
-from supmim.engine.loop import Callback, Trainer, resolve_resume
+from supmim.engine.loop import Callback, Trainer
 from supmim.errors import ConfigError
 from supmim.run import RunDir
 
@@ -88,7 +88,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
     when there is a checkpoint, else start afresh). ``cfg`` is not changed."""
     dist.setup(resolve_device(cfg.train.device))  # rank 0 alone trains a tokenizer
     run = RunDir(out_dir)
-    resume = resolve_resume(run, resume)  # before a tokenizer is trained for nothing
+    resume = run.resolve_resume(resume, writer=dist.is_main())  # before training a tokenizer
     cfg = provision_tokenizer(cfg, run, progress=progress)
     trainer = Trainer(cfg, run.path, resume=resume, progress=progress,
                       callbacks=[MimGridCallback(), *(callbacks or [])])

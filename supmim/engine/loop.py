@@ -36,7 +36,7 @@ from supmim.engine.evaluate import evaluate
 from supmim.engine.signals import StopRequest
 from supmim.engine.state import TrainState, full_states, new_accumulator, restore
 from supmim.engine.step import TrainStep
-from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
+from supmim.errors import ConfigError, Interrupted, TrainingError
 from supmim.run import RunDir
 
 
@@ -50,23 +50,6 @@ class Callback:
         """After the final evaluation, before ``summary.json`` is written; returned keys
         are added to the summary."""
         return None
-
-
-def resolve_resume(run: RunDir, resume: bool | str) -> bool:
-    """Whether to continue the run in ``run``. ``resume``: False (a new run; the directory
-    must not hold one), True (a checkpoint must exist) or "auto" (continue when there is a
-    checkpoint; a run killed before its first one starts afresh)."""
-    has_ckpt = run.latest() is not None
-    if resume == "auto":
-        resume = has_ckpt
-        if not has_ckpt and dist.is_main():
-            run.forget_unsaved()
-    if resume and not has_ckpt:
-        raise CheckpointError(f"--resume: no checkpoint found in '{run.checkpoints_dir}'")
-    if not resume and run.holds_run():
-        raise ConfigError(f"run directory '{run.path}' already holds a run; pass --resume to "
-                          "continue it, or choose a new --out")
-    return bool(resume)
 
 
 def _check_tokenizer(cfg: RunConfig) -> None:
@@ -102,7 +85,7 @@ class Trainer:
         self.progress = progress and dist.is_main()
         self.device = dist.setup(resolve_device(self.cfg.train.device))
         self.dtype = amp_dtype(self.cfg.train.amp, self.device)
-        self.resume = resolve_resume(self.run, resume)
+        self.resume = self.run.resolve_resume(resume, writer=dist.is_main())
         self.ready = False
 
     # ---------------------------------------------------------------- setup

@@ -52,12 +52,9 @@ def compare(cfg: RunConfig, out_dir: str | Path, seeds: list[int], *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(cfg)
-    if cfg.mim.target == "vq" and cfg.mim.tokenizer == "auto":
-        from supmim.run.tokenizer import train_tokenizer_for_run
-        tok = out / "tokenizer"
-        if not (tok / "tokenizer.json").is_file():
-            train_tokenizer_for_run(cfg, tok, steps=cfg.mim.tokenizer_steps, progress=progress)
-        cfg.mim.tokenizer = str(tok)
+    if cfg.mim.target == "vq" and cfg.mim.tokenizer == "auto":  # one for every arm
+        from supmim.training import provision_tokenizer
+        cfg = provision_tokenizer(cfg, RunDir(out), progress=progress)
     save_config(cfg, out / "config.yaml")
     runs: list[dict[str, Any]] = []
     for seed in seeds:

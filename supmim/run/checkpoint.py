@@ -141,3 +141,8 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Keep the ``keep`` most recent checkpoints (``best`` is never pruned)."""
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["EPOCH_PREFIX", "STEP_PREFIX", "atomic_write_text", "epoch_folder",
+           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "prune_checkpoints",
+           "save_checkpoint", "step_folder"]

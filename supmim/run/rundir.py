@@ -135,6 +135,22 @@ class RunDir:
         for name in (self.METRICS, self.BAD_FILES):
             (self.path / name).unlink(missing_ok=True)
 
+    def resolve_resume(self, resume: bool | str, *, writer: bool = True) -> bool:
+        """Whether to continue the run here. ``resume``: False (a new run; the directory must
+        not hold one), True (a checkpoint must exist) or "auto" (continue when there is a
+        checkpoint; the log of a run killed before its first one is removed when ``writer``)."""
+        has_ckpt = self.latest() is not None
+        if resume == "auto":
+            resume = has_ckpt
+            if not has_ckpt and writer:
+                self.forget_unsaved()
+        if resume and not has_ckpt:
+            raise CheckpointError(f"--resume: no checkpoint found in '{self.checkpoints_dir}'")
+        if not resume and self.holds_run():
+            raise ConfigError(f"run directory '{self.path}' already holds a run; pass --resume "
+                              "to continue it, or choose a new --out")
+        return bool(resume)
+
     # ---------------------------------------------------------------- writing
     def write_start(self, cfg: RunConfig, data: RunData) -> None:
         """The side files of a new run: config, class names, data statistics."""
