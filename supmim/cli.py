@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from supmim.run import RunDir
     from supmim.training import train
     continuing = args.resume == "yes" or (args.resume == "auto"
-                                          and RunDir(args.out).latest() is not None)
+                                          and RunDir(args.out).has_checkpoints())
     if continuing:
         cfg = _resume_config(args)
     else:
@@ -96,6 +96,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_process:
         _print_result(args.out, summary)
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from supmim.run import RunDir
+    from supmim.run.checkpoint import check_run
+    run = RunDir.open(args.run)
+    rows = check_run(run.path)
+    if not rows:
+        print(f"{run.path}: no checkpoints")
+        return 1
+    print(f"{'checkpoint':<22} {'step':>8} {'epoch':>5}  status      reason")
+    for r in rows:
+        print(f"{r['checkpoint']:<22} {r['step'] if r['step'] is not None else '?':>8} "
+              f"{r['epoch'] if r['epoch'] is not None else '?':>5}  {r['status']:<10}  "
+              f"{r['reason']}")
+    broken = sum(r["status"] == "broken" for r in rows)
+    print(f"{len(rows)} checkpoints, {broken} broken")
+    return 1 if broken else 0
 
 
 def _print_result(out: str, summary: dict[str, Any]) -> None:
@@ -310,10 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's encoder as a timm model folder")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", required=True)
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    p.add_argument("--checkpoint", default="last",
+                   help="last (default), best, or a folder name under RUN/checkpoints")
     p.add_argument("--weights", choices=("auto", "raw", "ema"), default="auto")
     p.add_argument("--no-head", action="store_true", help="export the encoder without its head")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check", help="verify every checkpoint of a run against its recorded "
+                                     "digests (exit 1 when any is broken)")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="the main job: tokenizer + baseline vs MIM on Fashion-MNIST")
     p.add_argument("--out", default="runs/demo")

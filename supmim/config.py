@@ -118,6 +118,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward
     fsdp: bool = False  # FSDP2 (fully_shard per transformer block) instead of DDP under torchrun
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
+    lock_wait: float = 0.0  # seconds to wait for another writer of the run directory to exit
 
 
 @dataclass
@@ -360,6 +361,7 @@ def validate(cfg: RunConfig) -> None:
     _check(t.threads >= 0, "train.threads", "must be >= 0")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = per epoch only)")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(t.lock_wait >= 0, "train.lock_wait", "must be >= 0 (seconds; 0 = do not wait)")
     _check(not (t.fsdp and t.ema), "train.fsdp",
            "cannot be combined with train.ema yet (the EMA copy is not sharded); turn one off")
     _check(t.layer_decay is None or 0.0 < t.layer_decay <= 1.0, "train.layer_decay",

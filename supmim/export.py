@@ -8,6 +8,8 @@ interpolation) that ``timm.data.resolve_data_config`` + ``create_transform`` rep
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -42,12 +44,25 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "l
     if not head:
         vit.reset_classifier(0)
     num_classes = vit.num_classes
-    out_dir.mkdir(parents=True, exist_ok=True)
     model_config = {"label_names": classes} if head and classes else {}
-    save_for_hf(vit, str(out_dir), model_config=model_config,
-                model_args=vit_kwargs(cfg.model, num_classes), safe_serialization=True,
-                data_config=run.data_config(checkpoint))
-    _check_export(out_dir)
+    # written beside the target and renamed into place: a full disk leaves no half export
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_for_hf(vit, str(tmp), model_config=model_config,
+                    model_args=vit_kwargs(cfg.model, num_classes), safe_serialization=True,
+                    data_config=run.data_config(checkpoint))
+        _check_export(tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out_dir / f.name)
+    except (OSError, RuntimeError) as err:  # safetensors reports a full disk as either
+        raise CheckpointError(f"could not write the export '{out_dir}': {err}. Nothing was "
+                              "changed there; free disk space (or fix permissions) and export "
+                              "again") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from supmim.device import resolve_device
 from supmim.engine.loop import Callback, Trainer
 from supmim.errors import ConfigError
 from supmim.run import RunDir
+from supmim.run.checkpoint import remove_stale_temps
+from supmim.run.lock import RunLock, RunLocked
 
 
 def provision_tokenizer(cfg: RunConfig, run: RunDir, *, progress: bool = True) -> RunConfig:
@@ -42,6 +46,15 @@ def provision_tokenizer(cfg: RunConfig, run: RunDir, *, progress: bool = True) -
         dist.barrier()
     mim.tokenizer = str(local)
     return cfg
+
+
+def _check_given_tokenizer(cfg: RunConfig, run: RunDir) -> None:
+    mim = cfg.mim
+    if not (mim.enabled and mim.target == "vq") or mim.tokenizer in (None, "auto"):
+        return
+    if not (run.tokenizer_dir / "tokenizer.json").is_file() and not Path(mim.tokenizer).exists():
+        raise ConfigError(f"mim.tokenizer '{mim.tokenizer}' does not exist; train one with "
+                          "`supmim tokenizer train --data D --out TOK`, or pass --tokenizer auto")
 
 
 def _copy_tokenizer(src: Path, dest: Path) -> None:
@@ -81,15 +94,44 @@ class MimGridCallback(Callback):
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
-          progress: bool = True, callbacks: list[Callback] | None = None) -> dict[str, Any]:
+          progress: bool = True, callbacks: list[Callback] | None = None,
+          lock: bool = True) -> dict[str, Any]:
     """Train one run into ``out_dir`` and return its summary.
 
     resume: False (a new run), True (continue; a checkpoint must exist) or "auto" (continue
-    when there is a checkpoint, else start afresh). ``cfg`` is not changed."""
+    when there is a checkpoint, else start afresh). ``cfg`` is not changed. The run
+    directory is locked for the whole run (one writer; ``lock=False`` when the caller
+    already holds :class:`~supmim.run.lock.RunLock`)."""
     dist.setup(resolve_device(cfg.train.device))  # rank 0 alone trains a tokenizer
     run = RunDir(out_dir)
-    resume = run.resolve_resume(resume, writer=dist.is_main())  # before training a tokenizer
-    cfg = provision_tokenizer(cfg, run, progress=progress)
-    trainer = Trainer(cfg, run.path, resume=resume, progress=progress,
-                      callbacks=[MimGridCallback(), *(callbacks or [])])
-    return trainer.fit()
+    _check_given_tokenizer(cfg, run)  # before the lock creates the run directory
+    with writer_lock(run, wait=cfg.train.lock_wait, enabled=lock):
+        resume = run.resolve_resume(resume, writer=dist.is_main())  # before any tokenizer
+        if resume and dist.is_main():
+            remove_stale_temps(run.path)  # a checkpoint write killed half-way
+        cfg = provision_tokenizer(cfg, run, progress=progress)
+        trainer = Trainer(cfg, run.path, resume=resume, progress=progress,
+                          callbacks=[MimGridCallback(), *(callbacks or [])])
+        return trainer.fit()
+
+
+@contextmanager
+def writer_lock(run: RunDir, *, wait: float = 0.0, enabled: bool = True) -> Iterator[None]:
+    """Hold ``run``'s lock for the block. Under torchrun only the main process locks, and
+    every process learns the outcome before any work starts."""
+    held = RunLock(run.path, wait=wait) if enabled and dist.is_main() else None
+    refused: str | None = None
+    if held is not None:
+        try:
+            held.acquire()
+        except RunLocked as err:
+            refused = str(err)
+    if enabled:
+        refused = dist.broadcast_object(refused)  # type: ignore[assignment]
+    if refused is not None:
+        raise RunLocked(refused)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release()

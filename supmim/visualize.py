@@ -215,7 +215,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="the run's dataset (default: the path in its config.yaml)")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--n", type=int, default=8, help="images (rows)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    p.add_argument("--checkpoint", default="last",
+                   help="last (default), best, or a folder name under RUN/checkpoints")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn masks")
     p.add_argument("--device", default="cpu")

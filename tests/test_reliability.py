@@ -161,16 +161,16 @@ def test_mid_epoch_resume_in_process_matches(tmp_path):
 
 def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     data = make_image_folder(tmp_path / "data")
-    real_save = ckpt_mod.save_file
+    real_write = ckpt_mod._write_bytes
     calls = {"n": 0}
 
-    def flaky(state, path):
+    def flaky(path, data):
         calls["n"] += 1
-        if calls["n"] == 3:  # the third checkpoint write hits a full disk
+        if calls["n"] == 3:  # the third checkpoint file written hits a full disk
             raise OSError(28, "No space left on device")
-        return real_save(state, path)
+        return real_write(path, data)
 
-    monkeypatch.setattr(ckpt_mod, "save_file", flaky)
+    monkeypatch.setattr(ckpt_mod, "_write_bytes", flaky)
     with pytest.raises(CheckpointError, match="No space left.*intact.*--resume auto"):
         train(_tiny(data, "train.epochs=4", "train.checkpoint_every=3"), tmp_path / "run",
               progress=False)

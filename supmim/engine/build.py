@@ -3,7 +3,7 @@ sharded for FSDP, compiled), optimizer, schedule, EMA, masker, mixup and the loa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +21,10 @@ from supmim.data import EpochSampler
 from supmim.data.splits import RunData
 from supmim.engine import dist
 from supmim.engine.signals import quiet_worker
-from supmim.errors import ConfigError
+from supmim.errors import ConfigError, TrainingError
 from supmim.models import SupMimModel, build_model, grid_of
 from supmim.models.masking import Masker, build_masker
+from supmim.run import RunDir
 from supmim.targets import build_target, target_class
 
 
@@ -135,3 +136,22 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
     ema = ModelEmaV3(model.encoder, decay=t.ema_decay) if t.ema else None
     return TrainParts(model=model, step_model=step_model, optimizer=optimizer,
                       scheduler=scheduler, ema=ema, masker=masker, mixup=mixup, fsdp=t.fsdp)
+
+
+def guarded_batches(loader: DataLoader, run: RunDir) -> Iterator[Any]:
+    """``loader``'s batches; a data-loader worker that died (killed, out of memory) becomes a
+    TrainingError naming the intact checkpoint instead of a traceback."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err):
+                raise
+            raise TrainingError(f"a data-loader worker died ({str(err).splitlines()[0]}); the "
+                                f"last checkpoint '{run.latest()}' is intact. Continue with "
+                                f"`supmim train --out {run.path} --resume auto` (lower "
+                                "data.num_workers if it ran out of memory)") from err
+        yield batch

@@ -71,6 +71,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_object(obj: object) -> object:
+    """The main process's ``obj`` on every process (``obj`` itself in a single process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shard_model(model: torch.nn.Module) -> None:
     """FSDP2: one unit per transformer block (encoder and decoder), the rest in the root.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ from supmim.data import read_bad_log
 from supmim.data.splits import RunData, build_run_data
 from supmim.device import amp_dtype, resolve_device
 from supmim.engine import dist
-from supmim.engine.build import Loaders, TrainParts, build_loaders, build_parts
+from supmim.engine.build import (Loaders, TrainParts, build_loaders, build_parts,
+                                 guarded_batches)
 from supmim.engine.evaluate import evaluate
 from supmim.engine.signals import StopRequest
 from supmim.engine.state import TrainState, full_states, new_accumulator, restore
 from supmim.engine.step import TrainStep
-from supmim.errors import ConfigError, Interrupted, TrainingError
+from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from supmim.run import RunDir
 
 
@@ -176,9 +178,19 @@ class Trainer:
         return folder
 
     def _resume(self) -> None:
-        folder = self.run.checkpoint("last")
-        weights, state, ema = self.run.load("last")
+        """Continue from the newest checkpoint that verifies; broken newer ones are reported
+        and set aside (never trained on, never deleted)."""
+        folder, broken = self.run.newest_intact()
+        if folder is None:
+            listed = "; ".join(f"{p.name}: {why}" for p, why in broken)
+            raise CheckpointError(f"no intact checkpoint in '{self.run.checkpoints_dir}' "
+                                  f"({listed}). Nothing was changed; start a new run with "
+                                  "another --out, or restore the files from a copy")
+        weights, state, ema = self.run.load(folder.name, verify=False)  # just verified
         self.state = restore(self.parts, folder, weights, state, ema)
+        if broken and dist.is_main():
+            for line in self.run.set_aside_broken(broken, resumed=folder, step=self.state.step):
+                print(f"supmim: warning: {line}", file=sys.stderr)
         if dist.is_main():
             self.run.trim_metrics(self.state.step)  # lines after the checkpoint are redone
 
@@ -273,7 +285,8 @@ class Trainer:
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
         every = cfg.train.checkpoint_every
-        for i, (images, labels, index) in enumerate(self.loaders.train, start=start):
+        for i, (images, labels, index) in enumerate(guarded_batches(self.loaders.train, self.run),
+                                                    start=start):
             if i >= steps_per_epoch:
                 break
             t0 = time.perf_counter()

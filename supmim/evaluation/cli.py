@@ -33,8 +33,9 @@ def _add_common(p: argparse.ArgumentParser, *, data_required: bool = True,
         p.add_argument("--out", required=True, help=out_help)
     else:
         p.add_argument("--out", help="result file (default: MODEL/eval/<task>-<data>.json)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="run directories: which checkpoint (default last, the one reported on test)")
+    p.add_argument("--checkpoint", default="last",
+                   help="run directories: which checkpoint (default last, the one reported on test; "
+                        "best, or a folder name under RUN/checkpoints)")
     p.add_argument("--weights", choices=("auto", "raw", "ema"), default="auto",
                    help="run directories: EMA or raw weights (auto: EMA when the run kept one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

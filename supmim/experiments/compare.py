@@ -12,6 +12,7 @@ from typing import Any
 
 from supmim.config import RunConfig, save_config
 from supmim.run import RunDir
+from supmim.run.lock import RunLock
 from supmim.training import train
 from supmim.files import atomic_write_text, write_json
 from supmim.plots import plot_arm_curves
@@ -27,13 +28,22 @@ def arm_config(cfg: RunConfig, arm: str, seed: int) -> RunConfig:
 
 
 def run_arm(cfg: RunConfig, run_dir: Path, progress: bool) -> dict[str, Any]:
-    """Train one arm, or reuse / resume what an earlier call left."""
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    resume = RunDir(run_dir).latest() is not None
-    if not resume and run_dir.exists():  # started but never finished an epoch: start over
-        shutil.rmtree(run_dir)
-    return train(cfg, run_dir, resume=resume, progress=progress)
+    """Train one arm, or reuse / resume what an earlier call left. The arm's directory is
+    locked first: RunLocked when another process is training it."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    with RunLock(run_dir):
+        if summary.is_file():  # finished by another process meanwhile
+            return json.loads(summary.read_text())
+        resume = RunDir(run_dir).has_checkpoints()
+        if not resume:  # started but never finished an epoch: start over (keep the lock)
+            for path in run_dir.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.name != RunLock.NAME:
+                    path.unlink()
+        return train(cfg, run_dir, resume=resume, progress=progress, lock=False)
 
 
 def seed_stats(values: list[float]) -> dict[str, float]:

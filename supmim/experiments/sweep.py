@@ -218,7 +218,12 @@ def _run_job(run_cfg: RunConfig, run_dir: Path, knn: bool, progress: bool,
         if not (run_dir / "summary.json").is_file():
             return None
         knn = knn and (run_dir / "knn.json").is_file()
-    summary = run_arm(run_cfg, run_dir, progress)
+    from supmim.run.lock import RunLocked
+    try:
+        summary = run_arm(run_cfg, run_dir, progress)
+    except RunLocked as err:  # another copy of the sweep is training this arm: skip it
+        print(f"[sweep] skipped: {err}", flush=True)
+        return None
     return {"seed": run_cfg.train.seed, "run": str(run_dir),
             "test_top1": summary.get("test", {}).get("top1"),
             "knn_top1": knn_top1(run_dir, run_cfg) if knn else None,

@@ -22,6 +22,7 @@ counters; :mod:`supmim.run.legacy` fills in the rest from the side files, in one
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from supmim.config import RunConfig, apply_dict, save_config, validate
-from supmim.errors import CheckpointError, ConfigError
+from supmim.errors import CheckpointError, ConfigError, TrainingError
 from supmim.files import atomic_write_text, write_json
 from supmim.run import checkpoint as ckpt
 from supmim.run.legacy import fill_meta
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = "supmim.checkpoint"
 CHECKPOINT_VERSION = 2
-WEIGHTS = ("auto", "raw", "ema")  # "auto": the EMA weights when the run kept an EMA
+WEIGHTS = ("auto", "raw", "ema")
+_NOTED: set[Path] = set()  # unverified (pre-digest) checkpoints already noted  # "auto": the EMA weights when the run kept an EMA
 
 
 @dataclass
@@ -126,6 +128,11 @@ class RunDir:
     def checkpoints_dir(self) -> Path:
         return self.path / self.CHECKPOINTS
 
+    def has_checkpoints(self) -> bool:
+        """Any checkpoint folder, intact or broken: "auto" must not start over on top of a
+        broken one."""
+        return bool(ckpt.checkpoint_folders(self.path))
+
     def holds_run(self) -> bool:
         """A run has started here (its log exists)."""
         return self.metrics_path.exists()
@@ -139,7 +146,7 @@ class RunDir:
         """Whether to continue the run here. ``resume``: False (a new run; the directory must
         not hold one), True (a checkpoint must exist) or "auto" (continue when there is a
         checkpoint; the log of a run killed before its first one is removed when ``writer``)."""
-        has_ckpt = self.latest() is not None
+        has_ckpt = self.has_checkpoints()
         if resume == "auto":
             resume = has_ckpt
             if not has_ckpt and writer:
@@ -193,8 +200,16 @@ class RunDir:
         return folder
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        """One line of ``metrics.jsonl``; TrainingError when the disk refuses it (the lines
+        and checkpoints before it are intact)."""
+        try:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise TrainingError(f"could not append to '{self.metrics_path}' ({err}); the "
+                                f"last checkpoint '{self.latest()}' is intact. Free disk space "
+                                f"and continue with `supmim train --out {self.path} --resume "
+                                "auto`") from err
 
     def trim_metrics(self, step: int) -> None:
         """Drop log lines written after ``step`` (a resumed run redoes them)."""
@@ -210,7 +225,13 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        return write_json(self.path / self.SUMMARY, summary)
+        try:
+            return write_json(self.path / self.SUMMARY, summary)
+        except OSError as err:
+            raise TrainingError(f"could not write '{self.path / self.SUMMARY}' ({err}); the "
+                                f"final checkpoint '{self.latest()}' is intact. Free disk "
+                                f"space and run `supmim train --out {self.path} --resume auto` "
+                                "to evaluate and write it again") from err
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Path]:
@@ -234,11 +255,36 @@ class RunDir:
                                   "epoch?")
         return folder
 
-    def load(self, which: str = "last") -> tuple[dict[str, torch.Tensor], dict[str, Any],
-                                                 dict[str, torch.Tensor] | None]:
-        """``(weights, train_state, ema_weights)`` of a checkpoint (see
-        :func:`supmim.run.checkpoint.load_checkpoint`)."""
-        return ckpt.load_checkpoint(self.checkpoint(which))
+    def load(self, which: str = "last", *, verify: bool = True
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor] | None]:
+        """``(weights, train_state, ema_weights)`` of a checkpoint, verified against its
+        digests first (unless just verified: ``verify=False``); a broken one is refused,
+        naming the intact ones."""
+        folder = self.checkpoint(which)
+        if not verify:
+            return ckpt.load_checkpoint(folder, verify=False)
+        try:
+            verified = ckpt.verify_checkpoint(folder)
+        except CheckpointError as err:
+            good = [p.name for p in self.checkpoints() if p != folder and ckpt.is_intact(p)]
+            raise CheckpointError(
+                f"checkpoint '{folder}' is broken: {err}. Intact checkpoints: "
+                f"{', '.join(good) or 'none'} (pick one with --checkpoint NAME; `supmim check "
+                f"{self.path}` verifies them all)") from None
+        if not verified and folder not in _NOTED:
+            _NOTED.add(folder)
+            print(f"supmim: note: checkpoint '{folder}' was written before checkpoints "
+                  "recorded digests; it is loaded unverified", file=sys.stderr)
+        return ckpt.load_checkpoint(folder, verify=False)
+
+    def newest_intact(self) -> tuple[Path | None, list[tuple[Path, str]]]:
+        """See :func:`supmim.run.checkpoint.newest_intact`."""
+        return ckpt.newest_intact(self.path)
+
+    def set_aside_broken(self, broken: list[tuple[Path, str]], *, resumed: Path,
+                         step: int) -> list[str]:
+        """See :func:`supmim.run.checkpoint.set_aside_broken`."""
+        return ckpt.set_aside_broken(broken, resumed=resumed, step=step)
 
     def info(self, which: str = "last") -> CheckpointInfo:
         """What checkpoint ``which`` says about itself; older checkpoints through
