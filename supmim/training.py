@@ -17,7 +17,7 @@ from typing import Any
 from supmim.config import RunConfig
 from supmim.engine import dist
 from supmim.device import resolve_device
-from supmim.engine.loop import Callback, Trainer
+from supmim.engine.loop import Callback, Trainer, check_tokenizer
 from supmim.errors import ConfigError
 from supmim.run import RunDir
 from supmim.run.checkpoint import remove_stale_temps
@@ -46,15 +46,6 @@ def provision_tokenizer(cfg: RunConfig, run: RunDir, *, progress: bool = True) -
         dist.barrier()
     mim.tokenizer = str(local)
     return cfg
-
-
-def _check_given_tokenizer(cfg: RunConfig, run: RunDir) -> None:
-    mim = cfg.mim
-    if not (mim.enabled and mim.target == "vq") or mim.tokenizer in (None, "auto"):
-        return
-    if not (run.tokenizer_dir / "tokenizer.json").is_file() and not Path(mim.tokenizer).exists():
-        raise ConfigError(f"mim.tokenizer '{mim.tokenizer}' does not exist; train one with "
-                          "`supmim tokenizer train --data D --out TOK`, or pass --tokenizer auto")
 
 
 def _copy_tokenizer(src: Path, dest: Path) -> None:
@@ -104,7 +95,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
     already holds :class:`~supmim.run.lock.RunLock`)."""
     dist.setup(resolve_device(cfg.train.device))  # rank 0 alone trains a tokenizer
     run = RunDir(out_dir)
-    _check_given_tokenizer(cfg, run)  # before the lock creates the run directory
+    check_tokenizer(cfg, run)  # before the lock creates the run directory
     with writer_lock(run, wait=cfg.train.lock_wait, enabled=lock):
         resume = run.resolve_resume(resume, writer=dist.is_main())  # before any tokenizer
         if resume and dist.is_main():

@@ -54,9 +54,14 @@ class Callback:
         return None
 
 
-def _check_tokenizer(cfg: RunConfig) -> None:
+def check_tokenizer(cfg: RunConfig, run: RunDir | None = None) -> None:
+    """ConfigError for a VQ tokenizer that is not there. Before provisioning (``run`` given)
+    "auto" and the run's own copy count as there; after it, only an existing path does."""
     mim = cfg.mim
     if not (mim.enabled and mim.target == "vq"):
+        return
+    if run is not None and (mim.tokenizer == "auto"
+                            or (run.tokenizer_dir / "tokenizer.json").is_file()):
         return
     if mim.tokenizer in (None, "auto"):
         raise ConfigError("mim.tokenizer is not provisioned: train through "
@@ -96,7 +101,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        _check_tokenizer(cfg)
+        check_tokenizer(cfg)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
         self.data = self._given_data or build_run_data(cfg, bad_log=self.run.bad_files_path)

@@ -216,13 +216,8 @@ def checkpoint_folders(run_dir: Path) -> list[Path]:
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete epoch and step checkpoints, oldest first (by step; at equal steps the
     end-of-epoch one last, as it also holds the epoch's evaluation)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
     found = []
-    for p in root.iterdir():
-        if not p.name.startswith((EPOCH_PREFIX, STEP_PREFIX)) or not p.is_dir():
-            continue
+    for p in checkpoint_folders(run_dir):
         meta = _meta(p)
         if meta is not None and (p / "model.safetensors").is_file() \
                 and (p / "state.pt").is_file():
