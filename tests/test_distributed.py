@@ -1,5 +1,6 @@
 """torchrun on CPU (gloo): two processes train like one with the same global batch, evaluate
-every sample once, and resume exactly."""
+every sample once, and resume exactly; one of them killed mid-run resumes exactly; a locked
+run directory stops every process before any work."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from supmim.run.lock import RunLock
 from tests._fixtures import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,16 +28,23 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-def _train(data: Path, out: Path, procs: int, *extra: str) -> None:
-    launcher = [sys.executable, "-m", "supmim.cli"] if procs == 1 else [
+def _launch(data: Path, out: Path, procs: int, *extra: str, script: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    program = ["-c", script] if script else ["-m", "supmim.cli"]
+    launcher = [sys.executable, *program] if procs == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={procs}", "-m", "supmim.cli"]
+        f"--nproc_per_node={procs}", *(["--no-python", sys.executable, "-c", script]
+                                       if script else ["-m", "supmim.cli"])]
     args = ["train", "--out", str(out), "--quiet", *extra]
     if "--resume" not in extra:
         args += ["--data", str(data), "--preset", "tiny-test", "--target", "pixel"]
         args += [a for kv in RECIPE for a in ("--set", kv)]
-    done = subprocess.run(launcher + args, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(launcher + args, env={**_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _train(data: Path, out: Path, procs: int, *extra: str) -> None:
+    done = _launch(data, out, procs, *extra)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -103,3 +113,56 @@ def test_fsdp_two_processes_resume_on_one(tmp_path):
     w1, w2 = _weights(tmp_path / "fsdp", 2), _weights(resumed, 2)
     assert w1.keys() == w2.keys()
     assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+
+
+# rank 1 dies by SIGKILL as it starts step KILL_AT (0-based), as a crashed GPU or an OOM kill
+# leaves it; torchrun then stops rank 0
+RANK_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from supmim.cli import main
+    from supmim.engine.loop import Trainer
+    real = Trainer.train_step
+    def train_step(self, *args, **kwargs):
+        if os.environ["RANK"] == "1" and self.state.step == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, *args, **kwargs)
+    Trainer.train_step = train_step
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_one_killed_process_stops_the_run_and_it_resumes_exactly(tmp_path):
+    data = make_image_folder(tmp_path / "data", train_per_class=16, test_per_class=7)
+    _train(data, tmp_path / "whole", 2, "--epochs", "2")
+    run = tmp_path / "run"
+    # step 4 is the second of epoch 2: epoch_0001 (step 3) is on disk
+    killed = _launch(data, run, 2, "--epochs", "2", script=RANK_KILLER, env={"KILL_AT": "4"})
+    assert killed.returncode != 0
+    assert "Signals.SIGKILL" in killed.stderr or "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    # the survivor (if torchrun's SIGTERM did not end it first) says one line, no traceback
+    assert "[rank0]: Traceback" not in killed.stderr, killed.stderr[-3000:]
+    said = [line for line in killed.stderr.splitlines() if line.startswith("supmim:")]
+    assert all("another process of this run stopped" in line and "epoch_0001' is intact" in line
+               and "--resume auto" in line for line in said), said
+    assert not (run / "summary.json").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("epoch")] \
+        == ["epoch_0001"]
+    again = _launch(data, run, 2, "--resume", "auto")
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = _weights(tmp_path / "whole", 2), _weights(run, 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {k: r["loss"] for k, r in _losses(run).items()} == \
+        {k: r["loss"] for k, r in _losses(tmp_path / "whole").items()}
+
+
+@pytest.mark.slow
+def test_a_locked_run_stops_every_process_before_any_work(tmp_path):
+    data = make_image_folder(tmp_path / "data", train_per_class=4, test_per_class=2)
+    with RunLock(tmp_path / "run"):
+        done = _launch(data, tmp_path / "run", 2, "--epochs", "1")
+    assert done.returncode != 0
+    # rank 0 took the lock, rank 1 was told (their lines may interleave on the shared stderr)
+    assert done.stderr.count(f"is in use by process {os.getpid()}") == 2, done.stderr[-3000:]
+    assert "exitcode  : 2" in done.stderr or "exitcode: 2" in done.stderr, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]

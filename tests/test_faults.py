@@ -214,6 +214,28 @@ def test_disk_full_on_metrics_stops_cleanly_and_resumes(tmp_path, reference, cap
     assert _same(_weights(tmp_path / "run"), want)
 
 
+def test_disk_full_on_the_summary_stops_cleanly_and_resume_writes_it(tmp_path, reference,
+                                                                     capsys, monkeypatch):
+    data, ref, want = reference
+    real = rundir_mod.write_json
+
+    def full_disk(path, obj, **kwargs):
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, obj, **kwargs)
+    monkeypatch.setattr(rundir_mod, "write_json", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="could not write .*summary.json.*No space left.*"
+                                            "epoch_0003' is intact"):
+        train(_cfg(data), run, progress=False)
+    monkeypatch.undo()
+    assert not (run / "summary.json").exists()
+    _resume(run, capsys)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"] == json.loads((ref / "summary.json").read_text())["test"]
+    assert _same(_weights(run), want)
+
+
 def test_disk_full_during_an_export_leaves_nothing_half_written(tmp_path, reference,
                                                                 monkeypatch):
     _, ref, _ = reference

@@ -71,6 +71,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+# what gloo and NCCL say when a peer process is gone (gloo raises a plain RuntimeError)
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "gloo/transport",
+              "NCCL communicator was aborted", "ProcessGroupNCCL")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another process died."""
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and is_distributed() and \
+        any(marker in str(err) for marker in _PEER_GONE)
+
+
 def broadcast_object(obj: object) -> object:
     """The main process's ``obj`` on every process (``obj`` itself in a single process)."""
     if not is_distributed():

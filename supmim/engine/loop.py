@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import signal
 import sys
 import time
@@ -212,7 +213,18 @@ class Trainer:
         elif dist.is_main():
             self.run.write_start(self.cfg, self.data)
         with self.stop:
-            self._loop()
+            try:
+                self._loop()
+            except RuntimeError as err:
+                if not dist.is_peer_failure(err):
+                    raise
+                # another torchrun process died (killed, out of memory): one line, not the
+                # collective's traceback; torchrun reports which process it was
+                said = re.sub(r"^\[[^\]]*\]\s*", "", str(err)).split(". ")[0][:160]
+                raise TrainingError(
+                    f"another process of this run stopped ({said}); "
+                    f"the last checkpoint '{self.run.latest()}' is intact. Continue with the "
+                    f"same torchrun command and `--out {self.run.path} --resume auto`") from err
         return self._finish()
 
     def _loop(self) -> None:
