@@ -1,5 +1,5 @@
 """``supmim <command>``: train, compare, tokenizer, export, demo, bench, config, and the
-evaluation commands.
+evaluation commands. PYTHON_ARGCOMPLETE_OK (tab completion: :mod:`supmim.completion`).
 
 Every command builds and validates its configuration before touching data, so a bad key or
 value fails in a second with a message naming the key and its valid values.
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from supmim.completion import enable as enable_completion
 from supmim.config import PRESETS, build_config, save_config
 from supmim.errors import Interrupted, SupmimError
 from supmim.targets.registry import TargetNames
@@ -85,6 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SupmimError("--data is required (except when resuming a run that has a "
                               "checkpoint)")
         cfg = _config_from(args)
+    if args.dry_run:
+        from supmim.dry_run import describe, plan
+        print(describe(cfg, plan(cfg)))
+        return 0
     # "auto" without a checkpoint: a new run (clearing a pre-checkpoint crash's log)
     resume: bool | str = True if continuing else ("auto" if args.resume == "auto" else False)
     from supmim.engine import dist
@@ -125,7 +130,7 @@ def _print_result(out: str, summary: dict[str, Any]) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from supmim.experiments.compare import compare
     cfg = _config_from(args)
-    compare(cfg, args.out, args.seeds, progress=not args.quiet)
+    compare(cfg, args.out, args.seeds, progress=not args.quiet, knn=not args.no_knn)
     print(Path(args.out, "compare.md").read_text())
     return 0
 
@@ -273,12 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "config.yaml (--epochs and --set still apply); 'auto': continue if "
                         "there is a checkpoint, else start a new run from --data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, data and tokenizer; print the steps, parameters and "
+                        "FLOPs per step; train nothing and write nothing to --out")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="baseline vs MIM over seeds, same recipe")
     _add_config_args(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds per arm; 2 or more give a 95%% t-interval of the paired delta")
+    p.add_argument("--no-knn", action="store_true",
+                   help="skip the kNN top-1 (k = 20) of each arm's encoder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
 
@@ -341,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: tokenizer + baseline vs MIM on Fashion-MNIST")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds per arm (default 0 1: a paired delta with its spread)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -418,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    enable_completion(parser)  # answers a shell's tab completion request, then exits
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except Interrupted as err:

@@ -1,6 +1,6 @@
 """Derived randomness: every seed of a run is a hash of the run's seed and a position.
 
-Data order, each sample's augmentation, each step's dropout / drop-path / mixup, each step's
+Data order, each sample's augmentation, each micro-step's dropout / drop-path / mixup and
 MIM branch, each sample's mask and the decoder's initialisation all come from here, never
 from how much random state happened to be consumed before. That makes a run resumable at
 any step, independent of data-loader workers and of the process (rank) a sample lands on,
@@ -46,10 +46,13 @@ class StepSeeds:
     mim: int
 
 
-def step_seeds(seed: int, step: int, rank: int = 0) -> StepSeeds:
-    """Seeds of optimizer step ``step`` (0-based, counted over the whole run) on ``rank``."""
-    return StepSeeds(global_=mix_seed(seed, step, _STEP_TAG, rank),
-                     mim=mix_seed(seed, step, _MIM_TAG, rank))
+def step_seeds(seed: int, step: int, rank: int = 0, micro: int = 0) -> StepSeeds:
+    """Seeds of micro-step ``micro`` of optimizer step ``step`` (0-based, counted over the
+    whole run) on ``rank``. Micro-step 0 has the seeds of an unaccumulated step, so runs
+    with ``train.accum_steps=1`` draw what they always drew."""
+    extra = (micro,) if micro else ()
+    return StepSeeds(global_=mix_seed(seed, step, _STEP_TAG, rank, *extra),
+                     mim=mix_seed(seed, step, _MIM_TAG, rank, *extra))
 
 
 def decoder_init_seed(seed: int) -> int:

@@ -17,8 +17,10 @@ from typing import Any
 from supmim.config import RunConfig
 from supmim.engine import dist
 from supmim.device import resolve_device
-from supmim.engine.loop import Callback, Trainer, check_tokenizer
+from supmim.engine.loop import Callback, Trainer
+from supmim.run.tokenizer import check_tokenizer
 from supmim.errors import ConfigError
+from supmim.loggers import check_installed, logger_names
 from supmim.run import RunDir
 from supmim.run.checkpoint import remove_stale_temps
 from supmim.run.lock import RunLock, RunLocked
@@ -27,8 +29,9 @@ from supmim.run.lock import RunLock, RunLocked
 def provision_tokenizer(cfg: RunConfig, run: RunDir, *, progress: bool = True) -> RunConfig:
     """A copy of ``cfg`` whose VQ tokenizer is the run's own copy in ``RUN/tokenizer``.
 
-    ``--tokenizer auto`` trains one there first; a given tokenizer is copied in, so the run
-    directory is self-contained. A run that already has its copy (a resume) keeps it.
+    With no tokenizer given (``auto``, the default) one is copied from the tokenizer cache or
+    trained there first (:mod:`supmim.run.tokenizer_cache`); a given tokenizer is copied in, so
+    the run directory is self-contained. A run that already has its copy (a resume) keeps it.
     Other targets: ``cfg`` unchanged (copied)."""
     cfg = copy.deepcopy(cfg)
     mim = cfg.mim
@@ -36,11 +39,10 @@ def provision_tokenizer(cfg: RunConfig, run: RunDir, *, progress: bool = True) -
         return cfg
     local = run.tokenizer_dir
     if not (local / "tokenizer.json").is_file():
-        if mim.tokenizer == "auto":
+        if mim.tokenizer in (None, "auto"):
             if dist.is_main():
-                from supmim.run.tokenizer import train_tokenizer_for_run
-                train_tokenizer_for_run(cfg, local, steps=mim.tokenizer_steps,
-                                        progress=progress)
+                from supmim.run.tokenizer_cache import provide
+                print(f"supmim: note: {provide(cfg, local, progress=progress)}", flush=True)
         elif dist.is_main():
             _copy_tokenizer(Path(mim.tokenizer or ""), local)
         dist.barrier()
@@ -81,7 +83,21 @@ class MimGridCallback(Callback):
         except Exception as err:  # noqa: BLE001 - see docstring
             print(f"supmim: note: could not draw the MIM grid ({type(err).__name__}: {err})")
             return {"mim_grid": None}
+        trainer.loggers.log_image("mim_grid", path, trainer.step)
         return {"mim_grid": Path(path).name}
+
+
+class FinalMetricsCallback(Callback):
+    """The final evaluation of ``summary.json`` ("val", "test", "test_ema") to the
+    experiment loggers, as a record of type "final" at the last step (``final/test_top1``):
+    the numbers a run is compared by, which ``metrics.jsonl`` does not hold."""
+
+    def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any] | None:
+        record = {f"{split}_{key}": value for split in ("val", "test", "test_ema")
+                  for key, value in (summary.get(split) or {}).items()}
+        if record:  # the loggers are an empty set on all but the main process
+            trainer.loggers.log_metrics({"type": "final", "step": trainer.step, **record})
+        return None
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
@@ -93,6 +109,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
     when there is a checkpoint, else start afresh). ``cfg`` is not changed. The run
     directory is locked for the whole run (one writer; ``lock=False`` when the caller
     already holds :class:`~supmim.run.lock.RunLock`)."""
+    check_installed(logger_names(cfg.train.logger))  # before any work: names a missing extra
     dist.setup(resolve_device(cfg.train.device))  # rank 0 alone trains a tokenizer
     run = RunDir(out_dir)
     check_tokenizer(cfg, run)  # before the lock creates the run directory
@@ -102,7 +119,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool | str = False,
             remove_stale_temps(run.path)  # a checkpoint write killed half-way
         cfg = provision_tokenizer(cfg, run, progress=progress)
         trainer = Trainer(cfg, run.path, resume=resume, progress=progress,
-                          callbacks=[MimGridCallback(), *(callbacks or [])])
+                          callbacks=[MimGridCallback(), FinalMetricsCallback(),
+                                     *(callbacks or [])])
         return trainer.fit()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, message", [
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
     (["--set", "mim.mask_ratio=1.2"], "mim.mask_ratio"),
-    (["--target", "vq"], "supmim tokenizer train"),
+    (["--target", "vq", "--tokenizer", "no/such/tok"], "supmim tokenizer train"),
     (["--set", "model.patch_size=5"], "must divide model.img_size"),
 ])
 def test_bad_config_fails_before_training(tmp_path, capsys, args, message):
@@ -104,3 +105,24 @@ def test_tokenizer_train_then_vq_training_through_the_cli(tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["mim_acc"] <= 1.0 for r in lines if r["type"] == "train")
     assert (run / "tokenizer" / "tokenizer.safetensors").is_file()  # the run is self-contained
+
+
+@pytest.mark.parametrize("line, expected", [("supmim tr", {"train"}),
+                                            ("supmim train --pre", {"--preset"}),
+                                            ("supmim tokenizer im", {"import"})])
+def test_shell_completion_through_argcomplete(tmp_path, line, expected):
+    """What bash gets on TAB (argcomplete's protocol: the line in COMP_LINE, the answer in a
+    file), without importing torch."""
+    pytest.importorskip("argcomplete", reason="pip install 'supmim[completion]'")
+    out = tmp_path / "completions"
+    code = ("import sys, runpy; sys.argv = ['supmim']; "
+            "runpy.run_module('supmim.cli', run_name='__main__')")
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line,
+           "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env,
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert {word.strip() for word in out.read_text().split("\v")} == expected
+    imported = {ln.split("|")[-1].strip() for ln in done.stderr.splitlines() if "|" in ln}
+    assert "torch" not in imported

@@ -56,9 +56,11 @@ def test_soft_token_loss_options_are_checked():
         build_config(overrides=[*vq, "mim.label_smoothing=0.1"])
 
 
-def test_vq_without_tokenizer_says_how_to_get_one():
-    with pytest.raises(ConfigError, match="supmim tokenizer train"):
-        build_config()
+def test_the_defaults_need_no_tokenizer_argument():
+    cfg = build_config()  # what `supmim config` and a bare `supmim train` start from
+    assert (cfg.mim.target, cfg.mim.tokenizer) == ("vq", "auto")
+    with pytest.raises(ConfigError, match="mim.tokenizer_steps.*>= 1"):
+        build_config(overrides=["mim.tokenizer_steps=0"])
     assert build_config(overrides=["mim.enabled=false"]).mim.enabled is False
 
 
@@ -90,3 +92,32 @@ def test_parse_override_numbers():
     assert parse_override("train.lr=1e-3") == ("train.lr", 1e-3)
     assert parse_override("train.epochs=3") == ("train.epochs", 3)
     assert parse_override("mim.tokenizer=runs/tok") == ("mim.tokenizer", "runs/tok")
+
+
+def test_a_presets_train_samples_is_a_cap_but_a_users_is_exact(tmp_path, capsys):
+    """fashion-mnist asks for 12,000 training images: on less data it uses all of them (with
+    a note); the same number set by the user is refused, and so is a file's."""
+    import numpy as np
+
+    from supmim.data.splits import split_indices
+
+    labels = np.arange(3600) % 10
+    preset = build_config(preset="fashion-mnist", overrides=["mim.target=pixel",
+                                                             "data.val_fraction=0"])
+    assert preset.data.train_samples == 12000 and preset.data.train_samples_cap
+    train_idx, _ = split_indices(preset, labels)
+    assert np.array_equal(train_idx, np.arange(3600))
+    assert "train_samples (12000) is more than the 3600 training images" in capsys.readouterr().out
+    # the cap is recorded with the run, so rebuilding its data later does the same
+    save_config(preset, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").data.train_samples_cap
+    # below the data it still picks a class-balanced subset of that size
+    assert len(split_indices(preset, np.arange(20000) % 10)[0]) == 12000
+    (tmp_path / "mine.yaml").write_text("data:\n  train_samples: 12000\n")
+    for cfg in (build_config(preset="fashion-mnist", overrides=[
+                    "mim.target=pixel", "data.val_fraction=0", "data.train_samples=12000"]),
+                build_config(preset="fashion-mnist", file=tmp_path / "mine.yaml",
+                             overrides=["mim.target=pixel", "data.val_fraction=0"])):
+        assert not cfg.data.train_samples_cap
+        with pytest.raises(ConfigError, match="exceeds the 3600 training images available"):
+            split_indices(cfg, labels)

@@ -97,6 +97,21 @@ def test_face_retrieval_and_segmentation_from_npz_files(env, tmp_path):
     assert p["data"]["train"]["n"] == 16 and p["data"]["test"]["n"] == 4  # 20% of each breed
 
 
+def test_retrieval_on_a_npz_without_splits_is_leave_one_out(env, tmp_path, capsys):
+    """No x_<split> arrays means no gallery split: leave-one-out by itself, with a note, and
+    the same numbers as asking for it."""
+    model = str(env["models"]["base"])
+    faces = faces_npz(tmp_path / "faces.npz")
+    run(env, "eval", "retrieval", model, "--data", str(faces), "--leave-one-out",
+        "--out", str(tmp_path / "asked.json"))
+    capsys.readouterr()
+    run(env, "eval", "retrieval", model, "--data", str(faces))
+    assert "retrieving leave-one-out within it" in capsys.readouterr().err
+    auto, asked = result(Path(model) / "eval" / "retrieval-faces-loo.json"), result(tmp_path / "asked.json")
+    assert auto["protocol"]["protocol"] == "leave-one-out on all"
+    assert auto["metrics"] == asked["metrics"] and auto["details"]["gallery"] == 19
+
+
 def test_robustness_with_baseline_and_report(env, tmp_path):
     pytest.importorskip("imagecorruptions", reason="pip install imagecorruptions-imaug")
     base, other, data = str(env["models"]["base"]), str(env["models"]["other"]), str(env["data"])

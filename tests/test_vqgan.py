@@ -707,6 +707,56 @@ def test_wrong_format_or_incomplete_checkpoint_is_refused(tmp_path) -> None:
         import_checkpoint(tmp_path / "junk", "maskgit-flax")
 
 
+def test_import_messages_count_and_point_at_the_format(tmp_path) -> None:
+    sd = random_state(source_shapes("maskgit-bin"))
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "one.bin")
+    with pytest.raises(CheckpointError, match=r"^1 key of this checkpoint has no place .*"
+                                              r"Is --format right\?"):
+        import_checkpoint(tmp_path / "one.bin", "maskgit-bin")
+    # every key in place but one of the wrong shape: the format may still be the mistake
+    sd = random_state(source_shapes("maskgit-bin"))
+    sd["decoder.conv_out.bias"] = torch.zeros(7)
+    torch.save(sd, tmp_path / "shape.bin")
+    with pytest.raises(CheckpointError, match=r"wrong shape: decoder.conv_out.bias\. "
+                                              r"Is --format right\? \(formats: maskgit-bin"):
+        import_checkpoint(tmp_path / "shape.bin", "maskgit-bin")
+
+
+def test_an_img_size_that_could_never_load_is_refused_before_writing(tmp_path) -> None:
+    from supmim.cli import main
+
+    torch.save(random_state(source_shapes("maskgit-bin")), tmp_path / "t.bin")
+    for size in (0, -3):
+        with pytest.raises(ConfigError, match=f"--img-size {size}: give the resolution"):
+            import_tokenizer(tmp_path / "t.bin", "maskgit-bin", tmp_path / "tok", img_size=size)
+        assert main(["tokenizer", "import", str(tmp_path / "t.bin"), "--format", "maskgit-bin",
+                     "--out", str(tmp_path / "tok"), "--img-size", str(size)]) == 2
+        assert not (tmp_path / "tok").exists()
+    import_tokenizer(tmp_path / "t.bin", "maskgit-bin", tmp_path / "tok", img_size=64)
+    assert load_tokenizer(tmp_path / "tok").config.img_size == 64
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_the_legacy_conversion_hint_works_as_printed(tmp_path, monkeypatch, wrapped) -> None:
+    """The command the error prints converts both a Lightning-style ``{'state_dict': ...}``
+    and a plain state dict (which has no 'state_dict' key to index)."""
+    import argparse
+    import re
+
+    sd = random_state(source_shapes("taming"))
+    extra = argparse.Namespace(lr=1.0)  # a pickled object that weights_only refuses
+    obj = {"state_dict": sd, "hparams": extra} if wrapped else {**sd, "hparams": extra}
+    torch.save(obj, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as err:
+        import_checkpoint(tmp_path / "legacy.ckpt", "taming-ckpt")
+    code = re.search(r'python -c "(.*?)"`', str(err.value)).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})  # what the user runs, in an environment they trust
+    tok = import_checkpoint(tmp_path / "state_dict.pt", "taming-ckpt")
+    torch.testing.assert_close(tok.quantizer.weight, sd["quantize.embedding.weight"])
+
+
 # ----------------------------------------------------------------------------- as a MIM target
 
 

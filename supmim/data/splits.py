@@ -43,10 +43,15 @@ def split_indices(cfg: RunConfig, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     train_idx, val_idx = np.arange(len(labels)), None
     if d.val_fraction > 0:
         train_idx, val_idx = stratified_split(labels, d.val_fraction, SPLIT_SEED)
-    if d.train_samples:
+    if d.train_samples and d.train_samples_cap and d.train_samples > len(train_idx):
+        print(f"supmim: note: the preset's data.train_samples ({d.train_samples}) is more than "
+              f"the {len(train_idx)} training images available: training on all of them (set "
+              "data.train_samples to choose a number)")
+    elif d.train_samples:
         if d.train_samples > len(train_idx):
             raise ConfigError(f"data.train_samples ({d.train_samples}) exceeds the "
-                              f"{len(train_idx)} training images available")
+                              f"{len(train_idx)} training images available; set a smaller "
+                              "value, or 0 for all of them")
         train_idx = train_idx[stratified_subset(labels[train_idx], d.train_samples, SPLIT_SEED)]
     return train_idx, val_idx
 

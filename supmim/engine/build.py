@@ -4,7 +4,7 @@ sharded for FSDP, compiled), optimizer, schedule, EMA, masker, mixup and the loa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from supmim.config import RunConfig
 from supmim.data import EpochSampler
 from supmim.data.splits import RunData
 from supmim.engine import dist
+from supmim.device import amp_dtype, grad_scaler
 from supmim.engine.signals import quiet_worker
 from supmim.errors import ConfigError, TrainingError
 from supmim.models import SupMimModel, build_model, grid_of
@@ -34,8 +35,19 @@ class Loaders:
     sampler: EpochSampler
     eval: DataLoader | None
     test: DataLoader | None
-    local_batch: int  # this process's share of data.batch_size
-    steps_per_epoch: int
+    local_batch: int  # this process's share of data.batch_size (one micro-batch)
+    steps_per_epoch: int  # optimizer steps: loader batches // train.accum_steps
+
+    def close(self) -> None:
+        """Stop the persistent workers now. Left to interpreter exit they would hang it:
+        they ignore SIGTERM (``quiet_worker``), and exit joins them after a SIGTERM. Dropping
+        the loader's iterator shuts them down (DataLoader keeps it in ``_iterator``)."""
+        for loader in (self.train, self.eval, self.test):
+            workers = getattr(loader, "_iterator", None)
+            if workers is not None and hasattr(workers, "_shutdown_workers"):
+                workers._shutdown_workers()
+            if loader is not None:
+                loader._iterator = None
 
 
 @dataclass
@@ -51,6 +63,9 @@ class TrainParts:
     masker: Masker | None
     mixup: Mixup | None
     fsdp: bool
+    # fp16's loss scaler (a pass-through for other precisions); its state is checkpointed
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
 
 
 def build_mim_target(cfg: RunConfig) -> nn.Module | None:
@@ -64,8 +79,9 @@ def build_mim_target(cfg: RunConfig) -> nn.Module | None:
 
 def build_loaders(cfg: RunConfig, data: RunData, device: torch.device) -> Loaders:
     """The training loader (this process's share of a (seed, epoch) permutation, full
-    batches only) and the sharded evaluation loaders."""
-    d, world = cfg.data, dist.world_size()
+    batches only) and the sharded evaluation loaders. An optimizer step takes
+    ``train.accum_steps`` of the training loader's batches."""
+    d, world, accum = cfg.data, dist.world_size(), cfg.train.accum_steps
     if d.batch_size % world:
         raise ConfigError(f"data.batch_size ({d.batch_size}) is the global batch and must "
                           f"divide evenly over the {world} processes")
@@ -80,7 +96,11 @@ def build_loaders(cfg: RunConfig, data: RunData, device: torch.device) -> Loader
     # drop_last: every step sees a full batch (mixup needs an even size; step times compare)
     train = DataLoader(data.train, batch_size=local_batch, sampler=sampler, drop_last=True,
                        **common)
-    steps = len(train)
+    # the incomplete accumulation at the end of an epoch is dropped, as drop_last does
+    steps = len(train) // accum
+    if steps == 0:
+        raise ConfigError(f"data.batch_size x train.accum_steps ({d.batch_size} x {accum}) is "
+                          f"larger than the {len(data.train)} training images; lower one of them")
     if cfg.train.max_steps:
         steps = min(steps, cfg.train.max_steps)
 
@@ -135,13 +155,15 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
         if model.has_mim else None
     ema = ModelEmaV3(model.encoder, decay=t.ema_decay) if t.ema else None
     return TrainParts(model=model, step_model=step_model, optimizer=optimizer,
-                      scheduler=scheduler, ema=ema, masker=masker, mixup=mixup, fsdp=t.fsdp)
+                      scheduler=scheduler, ema=ema, masker=masker, mixup=mixup, fsdp=t.fsdp,
+                      scaler=grad_scaler(amp_dtype(t.amp, device), device))
 
 
-def guarded_batches(loader: DataLoader, run: RunDir) -> Iterator[Any]:
-    """``loader``'s batches; a data-loader worker that died (killed, out of memory) becomes a
-    TrainingError naming the intact checkpoint instead of a traceback."""
-    it = iter(loader)
+def guarded_batches(loader: DataLoader, run: RunDir, group: int = 1) -> Iterator[list[Any]]:
+    """``loader``'s batches in lists of ``group`` (the micro-batches of one optimizer step;
+    an incomplete last list is dropped); a data-loader worker that died (killed, out of
+    memory) becomes a TrainingError naming the intact checkpoint instead of a traceback."""
+    it, batches = iter(loader), []
     while True:
         try:
             batch = next(it)
@@ -154,4 +176,7 @@ def guarded_batches(loader: DataLoader, run: RunDir) -> Iterator[Any]:
                                 f"last checkpoint '{run.latest()}' is intact. Continue with "
                                 f"`supmim train --out {run.path} --resume auto` (lower "
                                 "data.num_workers if it ran out of memory)") from err
-        yield batch
+        batches.append(batch)
+        if len(batches) == group:
+            yield batches
+            batches = []

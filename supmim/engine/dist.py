@@ -7,6 +7,7 @@ need nothing more than torchrun's own rendezvous arguments.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -91,6 +92,29 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def gradient_sync(step_model: torch.nn.Module, model: torch.nn.Module, *, enabled: bool,
+                  fsdp: bool) -> Iterator[None]:
+    """Forward and backward inside reduce their gradients across processes only when
+    ``enabled``; otherwise gradients accumulate locally (the micro-steps of an accumulated
+    step before its last: one reduction per optimizer step). DDP's ``no_sync`` on the
+    step model, FSDP2's ``set_requires_gradient_sync`` on the sharded root ``model``; a
+    no-op in a single process."""
+    if enabled or not is_distributed():
+        yield
+        return
+    if fsdp:
+        model.set_requires_gradient_sync(False)  # type: ignore[operator]
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)  # type: ignore[operator]
+        return
+    ddp = getattr(step_model, "_orig_mod", step_model)  # the DDP module under torch.compile
+    with ddp.no_sync():  # type: ignore[operator]
+        yield
 
 
 def shard_model(model: torch.nn.Module) -> None:

@@ -4,10 +4,10 @@ format belong to :class:`~supmim.run.RunDir`; tokenizers are provisioned before 
 starts (:func:`supmim.training.train`), and pictures are drawn by callbacks.
 
 Randomness is derived, not carried (:mod:`supmim.seeds`): the data order comes from
-``(seed, epoch)``, each sample's augmentation from ``(seed, epoch, position)``, each step's
-dropout / drop-path / mixup and MIM branch from ``(seed, step, rank)`` and masks from
-``(seed, epoch, sample index)``; resuming from any checkpoint (epoch or mid-epoch step)
-therefore replays exactly what an uninterrupted run would do.
+``(seed, epoch)``, each sample's augmentation from ``(seed, epoch, position)``, each
+micro-step's dropout / drop-path / mixup and MIM branch from ``(seed, step, rank, micro)``
+and masks from ``(seed, epoch, sample index)``; resuming from any checkpoint (epoch or
+mid-epoch step) therefore replays exactly what an uninterrupted run would do.
 
 Nothing is lost to a crash: checkpoints are atomic, SIGTERM / Ctrl-C save one before exiting,
 unreadable images are skipped and counted, and non-finite steps are skipped (up to
@@ -38,9 +38,11 @@ from supmim.engine.build import (Loaders, TrainParts, build_loaders, build_parts
 from supmim.engine.evaluate import evaluate
 from supmim.engine.signals import StopRequest
 from supmim.engine.state import TrainState, full_states, new_accumulator, restore
-from supmim.engine.step import TrainStep
+from supmim.engine.step import Batch, TrainStep
 from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
-from supmim.run import RunDir
+from supmim.loggers import LoggerSet, open_loggers
+from supmim.run import RunDir, use_pretrained_stats
+from supmim.run.tokenizer import check_tokenizer
 
 
 class Callback:
@@ -53,25 +55,6 @@ class Callback:
         """After the final evaluation, before ``summary.json`` is written; returned keys
         are added to the summary."""
         return None
-
-
-def check_tokenizer(cfg: RunConfig, run: RunDir | None = None) -> None:
-    """ConfigError for a VQ tokenizer that is not there. Before provisioning (``run`` given)
-    "auto" and the run's own copy count as there; after it, only an existing path does."""
-    mim = cfg.mim
-    if not (mim.enabled and mim.target == "vq"):
-        return
-    if run is not None and (mim.tokenizer == "auto"
-                            or (run.tokenizer_dir / "tokenizer.json").is_file()):
-        return
-    if mim.tokenizer in (None, "auto"):
-        raise ConfigError("mim.tokenizer is not provisioned: train through "
-                          "supmim.training.train (or `supmim train`), which trains "
-                          "--tokenizer auto before the loop starts")
-    if not Path(mim.tokenizer).exists():
-        raise ConfigError(f"mim.tokenizer '{mim.tokenizer}' does not exist; train one with "
-                          "`supmim tokenizer train --data D --out TOK`, or pass --tokenizer "
-                          "auto")
 
 
 class Trainer:
@@ -105,6 +88,8 @@ class Trainer:
         check_tokenizer(cfg)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
+        if self._given_data is None:  # a timm start's mean/std unless data.mean/std are set
+            use_pretrained_stats(cfg)
         self.data = self._given_data or build_run_data(cfg, bad_log=self.run.bad_files_path)
         self.loaders: Loaders = build_loaders(cfg, self.data, self.device)
         self.init_report: dict[str, list[str]] | None = None
@@ -121,6 +106,7 @@ class Trainer:
         self.stop = StopRequest()
         self.stopping = False  # any process got a signal (agreed on every step)
         self._bad_seen = (-1, 0)  # (bad-file log size, distinct files) at the last check
+        self.loggers = LoggerSet()  # fit opens train.logger's, once the start step is known
         self.ready = True
 
     def _init_from(self, vit: Any) -> None:
@@ -203,6 +189,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if dist.is_main():
             self.run.append_metrics(record)
+            self.loggers.log_metrics(record)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -212,6 +199,14 @@ class Trainer:
             self._resume()
         elif dist.is_main():
             self.run.write_start(self.cfg, self.data)
+        try:
+            with open_loggers(self.cfg, self.out, step=self.step, resume=self.resume,
+                              main=dist.is_main()) as self.loggers:  # closed on errors too
+                return self._fit()
+        finally:
+            self.loaders.close()
+
+    def _fit(self) -> dict[str, Any]:
         with self.stop:
             try:
                 self._loop()
@@ -271,15 +266,15 @@ class Trainer:
             metrics.update({f"ema_{k}": v for k, v in ema.items() if k != "n"})
         return metrics
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
-                   epoch: int) -> dict[str, float] | None:
-        """One optimizer step (counted); its statistics, or None when it was skipped."""
-        result = self.train_step_fn(images, labels, index, epoch=epoch, step=self.state.step,
+    def train_step(self, batches: list[Batch], epoch: int) -> dict[str, float] | None:
+        """One optimizer step (counted) on its micro-batches (``train.accum_steps`` of
+        (images, labels, index)); its statistics, or None when it was skipped."""
+        result = self.train_step_fn(batches, epoch=epoch, step=self.state.step,
                                     stop_asked=self.stop.signum is not None)
         self.state.step += 1
         self.stopping = result.stopping
         if result.stats is None:
-            self._skip_step(result.loss)
+            self._skip_step(result.loss, overflow=result.overflow)
         else:
             self.state.skipped["in_row"] = 0
         return result.stats
@@ -292,9 +287,9 @@ class Trainer:
         cfg = self.cfg
         if start == 0:
             self.state.epoch_acc = new_accumulator()
-        acc = self.state.epoch_acc
+        acc, accum = self.state.epoch_acc, cfg.train.accum_steps  # accum: micro-batches/step
         steps_per_epoch = self.loaders.steps_per_epoch
-        self.loaders.sampler.set_epoch(epoch, start=start * self.loaders.local_batch)
+        self.loaders.sampler.set_epoch(epoch, start=start * self.loaders.local_batch * accum)
         self.model.train()
         epoch_start, done_before = time.perf_counter(), acc["count"] + acc["skipped"]
         total_steps = cfg.train.epochs * steps_per_epoch
@@ -302,12 +297,12 @@ class Trainer:
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
         every = cfg.train.checkpoint_every
-        for i, (images, labels, index) in enumerate(guarded_batches(self.loaders.train, self.run),
-                                                    start=start):
+        batches = guarded_batches(self.loaders.train, self.run, group=accum)
+        for i, micro_batches in enumerate(batches, start=start):
             if i >= steps_per_epoch:
                 break
             t0 = time.perf_counter()
-            stats = self.train_step(images, labels, index, epoch)
+            stats = self.train_step(micro_batches, epoch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             acc["step_seconds"] += time.perf_counter() - t0
@@ -319,7 +314,7 @@ class Trainer:
                     acc["sums"][k] = acc["sums"].get(k, 0.0) + v
             elapsed = time.perf_counter() - epoch_start
             steps_here = acc["count"] + acc["skipped"] - done_before
-            rate = steps_here * cfg.data.batch_size / max(elapsed, 1e-9)
+            rate = steps_here * cfg.data.batch_size * accum / max(elapsed, 1e-9)
             remaining = (total_steps - self.step) * elapsed / max(steps_here, 1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats else "skip", img_s=f"{rate:.0f}",
                             eta=_fmt_seconds(remaining), refresh=False)
@@ -349,7 +344,7 @@ class Trainer:
         means = {f"train_{k}": v / count for k, v in acc["sums"].items()}
         return {**means, "epoch_seconds": acc["seconds"],
                 "step_seconds": acc["step_seconds"] / steps, "skipped_steps": acc["skipped"],
-                "img_per_s": steps * cfg.data.batch_size / max(acc["seconds"], 1e-9)}
+                "img_per_s": steps * cfg.data.batch_size * accum / max(acc["seconds"], 1e-9)}
 
     def _check_bad_files(self) -> None:
         """Stop once unreadable files exceed ``data.max_bad_fraction`` of the data."""
@@ -369,11 +364,12 @@ class Trainer:
                 f"of {total}), e.g. {listed}; all are listed in '{path}'. Replace or remove "
                 "them, or raise data.max_bad_fraction, then continue with --resume auto")
 
-    def _skip_step(self, loss: float) -> None:
+    def _skip_step(self, loss: float, *, overflow: bool = False) -> None:
         skipped = self.state.skipped
         skipped["total"] += 1
-        skipped["in_row"] += 1
-        self._log({"type": "skip", "step": self.step, "loss": loss})
+        skipped["in_row"] += 0 if overflow else 1  # fp16's overflows: not towards the limit
+        self._log({"type": "skip", "step": self.step, "loss": loss,
+                   **({"overflow": True} if overflow else {})})
         limit = self.cfg.train.max_bad_steps
         if skipped["in_row"] >= limit:
             raise TrainingError(

@@ -54,19 +54,22 @@ class TrainState:
 
 
 def full_states(parts: TrainParts) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Unsharded trainable weights and optimizer state. Under FSDP every process must call
-    this (gathering is collective)."""
+    """Unsharded trainable weights and optimizer state (and fp16's loss scale, so a resumed
+    run scales as the uninterrupted one would). Under FSDP every process must call this
+    (gathering is collective)."""
+    scaler = {"scaler": parts.scaler.state_dict()} if parts.scaler.is_enabled() else {}
     if not parts.fsdp:
-        return parts.model.trainable_state_dict(), {"optimizer": parts.optimizer.state_dict()}
+        return (parts.model.trainable_state_dict(),
+                {"optimizer": parts.optimizer.state_dict(), **scaler})
     weights, optim = dist.full_state(parts.model, parts.optimizer)
     weights = {k: v for k, v in weights.items() if not k.startswith("target.")}
-    return weights, {"optimizer_by_name": optim}
+    return weights, {"optimizer_by_name": optim, **scaler}
 
 
 def restore(parts: TrainParts, folder: Path, weights: dict[str, Tensor], state: dict[str, Any],
             ema: dict[str, Tensor] | None) -> TrainState:
-    """Load a checkpoint's weights, optimizer, schedule and EMA into ``parts``; returns
-    the loop's counters. CheckpointError when it does not fit the model."""
+    """Load a checkpoint's weights, optimizer, schedule, loss scale and EMA into ``parts``;
+    returns the loop's counters. CheckpointError when it does not fit the model."""
     own = parts.model.state_dict()
     missing = [k for k in own if k not in weights and not k.startswith("target.")]
     unexpected = [k for k in weights if k not in own]
@@ -86,6 +89,8 @@ def restore(parts: TrainParts, folder: Path, weights: dict[str, Tensor], state: 
         parts.optimizer.load_state_dict(state["optimizer"])
     # The schedule is a pure function of the step (so --epochs can be extended on resume).
     parts.scheduler.step_update(num_updates=int(state["step"]))
+    if parts.scaler.is_enabled() and "scaler" in state:  # else (not fp16 before) a fresh one
+        parts.scaler.load_state_dict(state["scaler"])
     if parts.ema is not None and ema is not None:
         parts.ema.module.load_state_dict(ema)
     return TrainState.from_dict(state)

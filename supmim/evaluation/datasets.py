@@ -148,6 +148,24 @@ def _scan_class_folders(root: Path, classes: list[str]) -> tuple[list[str], np.n
     return paths, np.asarray(labels, dtype=np.int64)
 
 
+def _splits_of(keys: set[str]) -> list[str]:
+    """The splits a .npz with these array names holds (``all`` for a lone ``x``)."""
+    return sorted(k[2:] for k in keys if k.startswith("x_")) or (["all"] if "x" in keys else [])
+
+
+def npz_splits(spec: str) -> list[str] | None:
+    """The splits of ``--data spec`` when it is a ``.npz`` (``["all"]``: one set of images,
+    no ``x_<split>`` arrays); None for any other data."""
+    path = Path(spec).expanduser()
+    if not (path.is_file() and path.name.lower().endswith(".npz")):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return _splits_of(set(arrays.files))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read '{path}': {err}") from err
+
+
 def _npz_split(path: Path, split: str, tag: str) -> EvalSplit:
     try:
         arrays = np.load(path, allow_pickle=False)
@@ -159,7 +177,7 @@ def _npz_split(path: Path, split: str, tag: str) -> EvalSplit:
     elif "x" in keys and split in ("all", "test"):
         x_key, y_keys = "x", list(_LABEL_KEYS)
     else:
-        splits = sorted(k[2:] for k in keys if k.startswith("x_")) or (["all"] if "x" in keys else [])
+        splits = _splits_of(keys)
         raise DataError(f"'{path}' has no split '{split}'; its splits: {', '.join(splits) or 'none'} "
                         f"(keys: {', '.join(sorted(keys))}).\n{EVAL_DATA_FORMS}")
     y_key = next((k for k in y_keys if k in keys), None)

@@ -43,13 +43,16 @@ VARIANT_CLASSES = {"imagenet-a": 200, "imagenet-r": 200, "imagenet-sketch": 1000
 
 
 def corruption_functions() -> Callable[..., np.ndarray]:
-    """The package's ``corrupt(image, severity, corruption_name)``, or a clear error."""
+    """The package's ``corrupt(image, severity, corruption_name)``, or a clear error.
+
+    Imported here, on first use, never at module import: it brings opencv, scikit-image,
+    scipy and numba, which a plain ``pip install supmim`` does not need."""
     try:
         from imagecorruptions import corrupt
     except ImportError as err:
         raise EvaluationError(
-            "corruptions need the imagecorruptions functions: pip install 'imagecorruptions-imaug>=1.1.5' "
-            f"(or `pip install supmim[robustness]`); import failed with: {err}") from err
+            "corruptions need the robustness extra: pip install 'supmim[robustness]' (the "
+            f"imagecorruptions-imaug package); import failed with: {err}") from err
     return corrupt
 
 

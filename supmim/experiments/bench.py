@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 
 from supmim.config import RunConfig, build_config
 from supmim.device import amp_dtype, resolve_device
@@ -33,6 +32,7 @@ from supmim.data.splits import RunData
 from supmim.engine.loop import Trainer
 from supmim.errors import ConfigError
 from supmim.files import write_json
+from supmim.metrics import step_flops
 from supmim.models import create_vit
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
@@ -162,14 +162,6 @@ def _trainer_run(t: Trainer, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def _step_flops(fn: Any) -> int:
-    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), forward + backward."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
 def _peak(device: torch.device, given: float | None) -> tuple[str, float | None]:
     if device.type != "cuda":
         return "cpu", given
@@ -230,11 +222,11 @@ def bench(b: BenchConfig) -> dict[str, Any]:
                 times[name].append(run(b.steps) / b.steps)
         step = {k: statistics.median(v) for k, v in times.items()}
         images, labels = dataset.images[: b.batch].to(device), dataset.labels[: b.batch].to(device)
-        flops = {"plain": _step_flops(lambda: plain.step(images, labels))}
+        flops = {"plain": step_flops(lambda: plain.step(images, labels))}
         if mim_trainer is not None:
             index = torch.arange(b.batch)
-            flops["trainer+mim"] = _step_flops(
-                lambda: mim_trainer.train_step(images, labels, index, 0))
+            flops["trainer+mim"] = step_flops(
+                lambda: mim_trainer.train_step([(images, labels, index)], 0))
         name, peak = _peak(device, b.peak_tflops)
         result: dict[str, Any] = {
             "config": asdict(b), "device": name, "torch": torch.__version__,

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from supmim.config import RunConfig, save_config
+from supmim.errors import ConfigError
+from supmim.experiments.verdict import convergence, converged_line, knn_top1, t_interval
 from supmim.run import RunDir
 from supmim.run.lock import RunLock
 from supmim.training import train
@@ -57,12 +59,13 @@ def _metric(summary: dict[str, Any], split: str, key: str = "top1") -> float | N
 
 
 def compare(cfg: RunConfig, out_dir: str | Path, seeds: list[int], *,
-            progress: bool = True) -> dict[str, Any]:
-    """Run both arms for every seed; write compare.json, compare.md and compare_curves.png."""
+            progress: bool = True, knn: bool = True) -> dict[str, Any]:
+    """Run both arms for every seed; write compare.json, compare.md and compare_curves.png.
+    ``knn``: also the weighted kNN top-1 (k = 20) of every arm's encoder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(cfg)
-    if cfg.mim.target == "vq" and cfg.mim.tokenizer == "auto":  # one for every arm
+    if cfg.mim.target == "vq" and cfg.mim.tokenizer in (None, "auto"):  # one for all arms
         from supmim.training import provision_tokenizer
         cfg = provision_tokenizer(cfg, RunDir(out), progress=progress)
     save_config(cfg, out / "config.yaml")
@@ -73,8 +76,9 @@ def compare(cfg: RunConfig, out_dir: str | Path, seeds: list[int], *,
             if progress:
                 print(f"[compare] {arm}, seed {seed} -> {run_dir}", flush=True)
             summary = run_arm(arm_config(cfg, arm, seed), run_dir, progress)
+            knn = _knn(run_dir) if knn else None
             runs.append({"arm": arm, "seed": seed, "run": str(run_dir),
-                         "test_top1": _metric(summary, "test"),
+                         "test_top1": _metric(summary, "test"), "knn_top1": knn,
                          "test_top5": _metric(summary, "test", "top5"),
                          "val_top1": _metric(summary, "val"),
                          "mean_step_seconds": summary["mean_step_seconds"],
@@ -87,23 +91,47 @@ def compare(cfg: RunConfig, out_dir: str | Path, seeds: list[int], *,
     return result
 
 
+def _knn(run_dir: Path) -> float | None:
+    try:
+        return knn_top1(run_dir)
+    except ConfigError as err:  # no test split: the comparison stands on top-1 alone
+        print(f"supmim: note: no kNN for {run_dir.name} ({err})", flush=True)
+        return None
+
+
 def summarize(runs: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
-    """Per-arm mean and std, the MIM - baseline delta, per-seed deltas, step-time ratio."""
+    """Per-arm mean and std; the paired MIM - baseline deltas of test and kNN top-1, with a
+    95% t-interval from 2 seeds on; per-seed deltas; step-time ratio; convergence."""
     arms: dict[str, Any] = {}
     for arm in ARMS:
         mine = [r for r in runs if r["arm"] == arm]
         arms[arm] = {key: seed_stats([r[key] for r in mine])
-                     for key in ("test_top1", "val_top1", "mean_step_seconds", "train_seconds")
-                     if all(r[key] is not None for r in mine) and mine}
+                     for key in ("test_top1", "knn_top1", "val_top1", "mean_step_seconds",
+                                 "train_seconds")
+                     if mine and all(r.get(key) is not None for r in mine)}
     by_seed = {(r["arm"], r["seed"]): r for r in runs}
     seeds = sorted({r["seed"] for r in runs})
-    paired = [by_seed[("mim", s)]["test_top1"] - by_seed[("baseline", s)]["test_top1"]
-              for s in seeds if by_seed[("mim", s)]["test_top1"] is not None]
-    delta = {"test_top1": seed_stats(paired)} if paired else {}
+    delta: dict[str, Any] = {}
+    per_seed: dict[str, dict[int, float]] = {}
+    for metric in ("test_top1", "knn_top1"):
+        pairs = {s: (by_seed[("mim", s)].get(metric), by_seed[("baseline", s)].get(metric))
+                 for s in seeds}
+        paired = {s: m - b for s, (m, b) in pairs.items() if m is not None and b is not None}
+        if paired:
+            values = list(paired.values())
+            interval = t_interval(values)
+            delta[metric] = {**seed_stats(values),
+                             "ci95": list(interval) if interval is not None else None}
+            per_seed[metric] = paired
     ratio = (arms["mim"]["mean_step_seconds"]["mean"]
              / arms["baseline"]["mean_step_seconds"]["mean"])
+    verdicts = {arm: convergence([Path(r["run"]) for r in runs if r["arm"] == arm],
+                                 cfg.train.epochs) for arm in ARMS}
     return {"runs": runs, "arms": arms, "delta_mim_minus_baseline": delta,
-            "per_seed_delta_test_top1": dict(zip(seeds, paired)),
+            "per_seed_delta_test_top1": per_seed.get("test_top1", {}),
+            "per_seed_delta_knn_top1": per_seed.get("knn_top1", {}),
+            "convergence": verdicts,
+            "converged": all(v.get("converged") is not False for v in verdicts.values()),
             "step_time_ratio_mim_over_baseline": ratio,
             "recipe": {"data": cfg.data.data, "model": cfg.model.name,
                        "img_size": cfg.model.img_size, "patch_size": cfg.model.patch_size,
@@ -114,7 +142,8 @@ def summarize(runs: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    """A small table: one row per arm, then the delta and the step-time ratio."""
+    """A small table (one row per arm), then the paired deltas with their intervals, the
+    step-time ratio and each arm's convergence."""
     def cell(stats: dict[str, float] | None, fmt: str = "{:.2f}") -> str:
         if not stats:
             return "-"
@@ -129,18 +158,37 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"lambda {recipe['mim_weight']}, mask ratio {recipe['mask_ratio']} ({recipe['masking']}, "
         f"{recipe['mode']}), decoder depth {recipe['decoder_depth']}.",
         "",
-        "| arm | seeds | test top-1 (%) | val top-1 (%) | step time (s) | train time (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| arm | seeds | test top-1 (%) | kNN top-1 (%) | val top-1 (%) | step time (s) "
+        "| train time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, stats in result["arms"].items():
         seeds = [str(r["seed"]) for r in result["runs"] if r["arm"] == arm]
         lines.append(f"| {arm} | {', '.join(seeds)} | {cell(stats.get('test_top1'))} | "
-                     f"{cell(stats.get('val_top1'))} | "
+                     f"{cell(stats.get('knn_top1'))} | {cell(stats.get('val_top1'))} | "
                      f"{cell(stats.get('mean_step_seconds'), '{:.3f}')} | "
                      f"{cell(stats.get('train_seconds'), '{:.0f}')} |")
-    delta = result["delta_mim_minus_baseline"].get("test_top1")
-    lines += ["", f"MIM - baseline, test top-1 (paired by seed): **{cell(delta)}** points "
-              f"(per seed: {', '.join(f'{d:+.2f}' for d in result['per_seed_delta_test_top1'].values())}).",
-              f"Step time ratio MIM / baseline: **{result['step_time_ratio_mim_over_baseline']:.2f}x**.",
-              "", "![validation curves](compare_curves.png)", ""]
+    lines.append("")
+    for metric, name in (("test_top1", "test top-1"), ("knn_top1", "kNN top-1 (k = 20)")):
+        lines += [delta_line(result, metric, name)] if metric in \
+            result["delta_mim_minus_baseline"] else []
+    lines += [f"Step time ratio MIM / baseline: "
+              f"**{result['step_time_ratio_mim_over_baseline']:.2f}x**.", ""]
+    lines += [f"- {converged_line(arm, v)}" for arm, v in result.get("convergence", {}).items()]
+    lines += ["", "![validation curves](compare_curves.png)", ""]
     return "\n".join(lines)
+
+
+def delta_line(result: dict[str, Any], metric: str, name: str) -> str:
+    """``MIM - baseline, NAME (paired by seed): **+x.xx +- s** points, 95% CI [lo, hi] ...``"""
+    d = result["delta_mim_minus_baseline"][metric]
+    text = f"MIM - baseline, {name} (paired by seed): **{d['mean']:+.2f}"
+    text += f" +- {d['std']:.2f}** points" if d["n"] > 1 else "** points"
+    if d.get("ci95"):
+        lo, hi = d["ci95"]
+        side = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
+        text += f", 95% t-interval [{lo:+.2f}, {hi:+.2f}] ({side}, {d['n']} seeds)"
+    else:
+        text += " (one seed: no interval; pass --seeds 0 1 2 for one)"
+    per_seed = result.get(f"per_seed_delta_{metric}", {})
+    return text + f"; per seed: {', '.join(f'{v:+.2f}' for v in per_seed.values())}."

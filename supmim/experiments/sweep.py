@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from supmim.experiments.compare import run_arm, seed_stats
+from supmim.experiments.verdict import knn_top1
 from supmim.config import RunConfig, parse_override, save_config, set_key, validate
 from supmim.errors import ConfigError
 from supmim.files import atomic_write_text, write_json
@@ -117,27 +118,6 @@ def arm_for_seed(arm_cfg: RunConfig, values: dict[str, Any], seed: int) -> RunCo
     return run_cfg
 
 
-def knn_top1(run_dir: Path, cfg: RunConfig, k: int = 20, progress: bool = False) -> float:
-    """Weighted kNN top-1 (%) of a finished run's encoder; cached in ``knn.json``."""
-    cache = run_dir / "knn.json"
-    if cache.is_file():
-        return float(json.loads(cache.read_text())["top1"])
-    from supmim.data.splits import build_run_data
-    from supmim.device import resolve_device
-    from supmim.evaluation.tasks.knn import knn_on_datasets
-    from supmim.run import RunDir
-    run = RunDir.open(run_dir)
-    run_cfg = run.config()
-    data = build_run_data(run_cfg, train_as_eval=True)
-    if data.test is None:
-        raise ConfigError(f"sweep kNN needs a test split; '{run_cfg.data.data}' has none")
-    result = knn_on_datasets(run.build_encoder(), data.train, data.test,
-                             num_classes=len(data.classes), k=(k,),
-                             device=resolve_device("auto"), progress=progress)[k]
-    write_json(cache, {"k": k, "temperature": 0.07, **result}, indent=None)
-    return float(result["top1"])
-
-
 def sweep(cfg: RunConfig, out_dir: str | Path, grid: dict[str, list[Any]], seeds: list[int],
           *, arms: list[dict[str, Any]] | None = None, baseline: bool = True, knn: bool = True,
           progress: bool = True, parallel: int = 1, report_only: bool = False
@@ -226,7 +206,7 @@ def _run_job(run_cfg: RunConfig, run_dir: Path, knn: bool, progress: bool,
         return None
     return {"seed": run_cfg.train.seed, "run": str(run_dir),
             "test_top1": summary.get("test", {}).get("top1"),
-            "knn_top1": knn_top1(run_dir, run_cfg) if knn else None,
+            "knn_top1": knn_top1(run_dir) if knn else None,
             "train_seconds": summary["train_seconds"]}
 
 

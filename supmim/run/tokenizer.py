@@ -6,7 +6,7 @@ tokenizer on a run's data (``supmim tokenizer eval``), and import public VQGAN c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchvision import transforms as T
 
@@ -18,6 +18,9 @@ from supmim.targets.tokenizers.train import (TokenizerTrainConfig, evaluate_toke
                                             train_tokenizer)
 from supmim.targets.tokenizers.kinds import load_tokenizer
 from supmim.targets.tokenizers.small_vq import TokenizerConfig
+
+if TYPE_CHECKING:
+    from supmim.run.rundir import RunDir
 
 FACTORS = (2, 4, 8, 16)
 
@@ -60,6 +63,21 @@ def tokenizer_datasets(cfg: RunConfig, size: int) -> tuple[ImageDataset, ImageDa
     return train, val
 
 
+def tokenizer_recipe(cfg: RunConfig, *, steps: int = 4000, factor: int | None = None,
+                     codebook_size: int = 512, batch_size: int = 32, n_train: int | None = None,
+                     train_overrides: dict[str, Any] | None = None,
+                     **model_overrides: Any) -> tuple[TokenizerConfig, TokenizerTrainConfig]:
+    """The model and optimisation configs of the tokenizer trained for a run (``n_train``:
+    training images, when fewer than ``batch_size``)."""
+    factor, size = grid_plan(cfg, factor)
+    model_cfg = TokenizerConfig(in_chans=cfg.model.in_chans, factor=factor,
+                                codebook_size=codebook_size, img_size=size, **model_overrides)
+    train_cfg = TokenizerTrainConfig(steps=steps, batch_size=min(batch_size, n_train or batch_size),
+                                     seed=cfg.train.seed, device=cfg.train.device,
+                                     **(train_overrides or {}))
+    return model_cfg, train_cfg
+
+
 def train_tokenizer_for_run(cfg: RunConfig, out_dir: str | Path, *, steps: int = 4000,
                             factor: int | None = None, codebook_size: int = 512,
                             batch_size: int = 32, progress: bool = True,
@@ -69,13 +87,12 @@ def train_tokenizer_for_run(cfg: RunConfig, out_dir: str | Path, *, steps: int =
 
     ``train_overrides``: extra :class:`TokenizerTrainConfig` fields (e.g. ``lr``,
     ``disc_weight``); ``model_overrides``: extra :class:`TokenizerConfig` fields."""
-    factor, size = grid_plan(cfg, factor)
+    _, size = grid_plan(cfg, factor)
     train, val = tokenizer_datasets(cfg, size)
-    model_cfg = TokenizerConfig(in_chans=cfg.model.in_chans, factor=factor,
-                                codebook_size=codebook_size, img_size=size, **model_overrides)
-    train_cfg = TokenizerTrainConfig(steps=steps, batch_size=min(batch_size, len(train)),
-                                     seed=cfg.train.seed, device=cfg.train.device,
-                                     **(train_overrides or {}))
+    model_cfg, train_cfg = tokenizer_recipe(cfg, steps=steps, factor=factor,
+                                            codebook_size=codebook_size, batch_size=batch_size,
+                                            n_train=len(train), train_overrides=train_overrides,
+                                            **model_overrides)
     return train_tokenizer(model_cfg, train_cfg, train, val, out_dir, progress=progress,
                            num_workers=cfg.data.num_workers)
 
@@ -115,3 +132,22 @@ def evaluate_tokenizer_for_run(cfg: RunConfig, tokenizer: str | Path, *,
     result.update({"kind": tok.kind, "factor": tok.factor, "codebook_size": tok.codebook_size,
                    "image_size": size, "split": split, "images": len(data)})
     return result
+
+
+def check_tokenizer(cfg: RunConfig, run: RunDir | None = None) -> None:
+    """ConfigError for a VQ tokenizer that is not there. Before provisioning (``run`` given)
+    "auto" and the run's own copy count as there; after it, only an existing path does."""
+    mim = cfg.mim
+    if not (mim.enabled and mim.target == "vq"):
+        return
+    if run is not None and (mim.tokenizer in (None, "auto")
+                            or (run.tokenizer_dir / "tokenizer.json").is_file()):
+        return
+    if mim.tokenizer in (None, "auto"):
+        raise ConfigError("mim.tokenizer is not provisioned: train through "
+                          "supmim.training.train (or `supmim train`), which trains "
+                          "--tokenizer auto before the loop starts")
+    if not Path(mim.tokenizer).exists():
+        raise ConfigError(f"mim.tokenizer '{mim.tokenizer}' does not exist; train one with "
+                          "`supmim tokenizer train --data D --out TOK`, or pass --tokenizer "
+                          "auto")

@@ -3,12 +3,14 @@ gallery split or leave-one-out within one split."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from supmim.evaluation.common import EvaluationError, Timer, make_result
+from supmim.evaluation.datasets import npz_splits
 from supmim.evaluation.loading import LoadedModel
 from supmim.evaluation.retrieval import DEFAULT_KS, retrieval_metrics
 from supmim.evaluation.tasks._common import FeatureOptions, features, file_tag, get_split, pool_note, prepare
@@ -31,8 +33,14 @@ class RetrievalOptions(FeatureOptions):
 def run_retrieval(model: LoadedModel, data: str, options: RetrievalOptions, *,
                   device: torch.device | str) -> dict[str, Any]:
     """Retrieve by label: ``options.query_split`` against ``options.gallery_split`` of
-    ``data``, or leave-one-out within ``options.split``."""
+    ``data``, or leave-one-out within ``options.split``. A ``.npz`` of one image set (no
+    ``x_<split>`` arrays) has no gallery split: it is retrieved leave-one-out, with a note
+    (``options.leave_one_out`` is set, so the result's tag says so too)."""
     options.check()
+    if not options.leave_one_out and npz_splits(data) == ["all"]:
+        print(f"supmim: note: '{data}' holds one set of images (x, no x_<split> arrays): "
+              "retrieving leave-one-out within it, as --leave-one-out does", file=sys.stderr)
+        options.leave_one_out = True
     timer = Timer()
     device = prepare(model, device)
     if options.leave_one_out:

@@ -35,6 +35,12 @@ from supmim.targets.tokenizers.third_party import (check_sha256, find_state_dict
 from supmim.targets.tokenizers.vqgan import VQGAN, VQGANConfig
 
 FORMATS = ("maskgit-bin", "mage-ckpt", "maskgit-flax", "taming-ckpt")
+FORMAT_HINT = f"Is --format right? (formats: {', '.join(FORMATS)})"
+
+
+def _n(count: int, noun: str) -> str:
+    """``1 key``, ``2 keys``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 _RES = r"(norm1|conv1|norm2|conv2)\.(weight|bias)"
 # (source pattern, supmim name) per format; patterns must match the whole key.
@@ -118,9 +124,9 @@ def map_state_dict(state: Mapping[str, Tensor], fmt: str) -> tuple[dict[str, Ten
             unknown.append(key)
     if unknown:
         shown = ", ".join(unknown[:8]) + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
-        raise CheckpointError(f"{len(unknown)} keys of this checkpoint have no place in a "
-                              f"{fmt} VQGAN: {shown}. Is --format right? (formats: "
-                              f"{', '.join(FORMATS)})")
+        raise CheckpointError(f"{_n(len(unknown), 'key')} of this checkpoint "
+                              f"{'has' if len(unknown) == 1 else 'have'} no place in a {fmt} "
+                              f"VQGAN: {shown}. {FORMAT_HINT}")
     return mapped, dropped
 
 
@@ -157,7 +163,8 @@ def infer_config(state: Mapping[str, Tensor], arch: str) -> VQGANConfig:
         cfg.validate()
     except (KeyError, ValueError, IndexError, ConfigError) as e:
         raise CheckpointError(f"cannot infer a {arch} VQGAN architecture from this checkpoint "
-                              f"({e}): it is not a complete {arch} tokenizer state dict") from e
+                              f"({e}): it is not a complete {arch} tokenizer state dict. "
+                              f"{FORMAT_HINT}") from e
     return cfg
 
 
@@ -174,7 +181,8 @@ def build_from_state(state: Mapping[str, Tensor], arch: str) -> VQGAN:
                  for name, ks in (("missing", missing), ("unexpected", extra),
                                   ("wrong shape", wrong)) if ks]
         raise CheckpointError(f"the checkpoint does not fit the inferred {arch} VQGAN "
-                              f"({model.config.ch} x {model.config.ch_mult}): " + "; ".join(parts))
+                              f"({model.config.ch} x {model.config.ch_mult}): "
+                              + "; ".join(parts) + f". {FORMAT_HINT}")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()
 
@@ -316,7 +324,7 @@ def convert_maskgit_flax(tree: Mapping[str, Any]) -> tuple[dict[str, Tensor], li
                               f"{e.args[0]}") from e
     unused = sorted(set(flat) - used)
     if unused:
-        raise CheckpointError(f"{len(unused)} Flax params were not converted: "
+        raise CheckpointError(f"{_n(len(unused), 'Flax param')} not converted: "
                               f"{', '.join(unused[:8])}: is this a MaskGIT VQVAE tokenizer?")
     return out, others
 
@@ -350,12 +358,17 @@ def import_checkpoint(src: str | Path, fmt: str, *, sha256: str | None = None,
     the source file, format, sha256 and what was ignored."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown checkpoint format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    # checked before anything is read or written: a folder with img_size 0 would never load
+    if int(img_size) < 1:
+        raise ConfigError(f"--img-size {img_size}: give the resolution the tokenizer was "
+                          "trained at, in pixels (e.g. 256)")
     path = Path(src)
     digest = check_sha256(path, sha256)
     reader = _flax_source if fmt == "maskgit-flax" else _torch_source(fmt)
     state, report = reader(path)
     model = build_from_state(state, _ARCH[fmt])
     model.config.img_size = int(img_size)
+    model.config.validate()  # whatever loading the folder would refuse, refuse before writing
     model.metadata = {"source": path.name, "source_format": fmt, "source_sha256": digest,
                       "sha256_verified": sha256 is not None, **report}
     return model

@@ -223,9 +223,10 @@ def load_torch_file(path: str | Path) -> tuple[Any, list[str]]:
                 f"a zip-format torch.save file: either it is damaged or not a checkpoint, or "
                 f"it uses the legacy (pre-1.6) format with pickled objects, which supmim will "
                 f"not unpickle for safety. Convert a legacy file once, in an environment you "
-                f"trust: `python -c \"import torch; sd = torch.load('{p.name}', "
-                f"map_location='cpu', weights_only=False)['state_dict']; "
-                f"torch.save(sd, 'state_dict.pt')\"`, and import that file") from first
+                f"trust: `python -c \"import torch; o = torch.load('{p.name}', "
+                f"map_location='cpu', weights_only=False); "
+                f"torch.save(o.get('state_dict', o), 'state_dict.pt')\"` (a plain state dict "
+                f"is saved as it is), and import that file") from first
         try:
             obj, ignored = _inert_load(p)
         except CheckpointError:
