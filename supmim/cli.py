@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from supmim.export import export_run
     out = export_run(args.run, args.out, checkpoint=args.checkpoint, weights=args.weights,
-                     head=not args.no_head)
+                     head=not args.no_head, command="supmim " + shlex.join(args.argv))
     print(f"exported to {out}; load with timm.create_model('local-dir:{out}', pretrained=True)")
     return 0
 
@@ -286,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="baseline vs MIM over seeds, same recipe")
     _add_config_args(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="seeds per arm; 2 or more give a 95%% t-interval of the paired delta")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="2 or more: a t-interval")
     p.add_argument("--no-knn", action="store_true",
                    help="skip the kNN top-1 (k = 20) of each arm's encoder")
     p.add_argument("--quiet", action="store_true")
@@ -352,8 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: tokenizer + baseline vs MIM on Fashion-MNIST")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="seeds per arm (default 0 1: a paired delta with its spread)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds per arm (default: 0 1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -433,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     enable_completion(parser)  # answers a shell's tab completion request, then exits
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # as typed, for the records
     try:
         return int(args.func(args))
     except Interrupted as err:

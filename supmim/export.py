@@ -1,7 +1,7 @@
 """Export a run's encoder (and classification head) as a plain timm model folder.
 
-The folder follows timm's Hugging Face Hub layout (``config.json`` + ``model.safetensors``),
-so ``timm.create_model('local-dir:E', pretrained=True)`` rebuilds it without supmim, and its
+The folder follows timm's Hugging Face Hub layout (``config.json`` + ``model.safetensors``,
+plus a model card ``README.md`` and the run's resolved ``supmim_config.yaml``), so ``timm.create_model('local-dir:E', pretrained=True)`` rebuilds it without supmim, and its
 ``pretrained_cfg`` carries the evaluation preprocessing (input size, mean, std, crop,
 interpolation) that ``timm.data.resolve_data_config`` + ``create_transform`` reproduce.
 """
@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from timm.models import save_for_hf
 from timm.models.vision_transformer import VisionTransformer
 
-from supmim.config import RunConfig
+from supmim.config import RunConfig, save_config
 from supmim.errors import CheckpointError
+from supmim.model_card import render_model_card
 from supmim.models import vit_kwargs
 from supmim.run import RunDir, timm_data_config
 
@@ -36,8 +37,9 @@ def load_run_encoder(run_dir: str | Path, *, checkpoint: str = "last",
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "last",
-               weights: str = "auto", head: bool = True) -> Path:
-    """Write ``out_dir/{config.json, model.safetensors}``; returns ``out_dir``."""
+               weights: str = "auto", head: bool = True, command: str | None = None) -> Path:
+    """Write ``out_dir/{config.json, model.safetensors, README.md, supmim_config.yaml}``;
+    returns ``out_dir``. ``command``: the command line to record in the model card."""
     run, out_dir = RunDir.open(run_dir), Path(out_dir)
     vit = run.build_encoder(checkpoint, weights)
     cfg, classes = run.config(checkpoint), run.classes(checkpoint)
@@ -54,6 +56,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str = "l
                     model_args=vit_kwargs(cfg.model, num_classes), safe_serialization=True,
                     data_config=run.data_config(checkpoint))
         _check_export(tmp)
+        save_config(cfg, tmp / "supmim_config.yaml")
+        (tmp / "README.md").write_text(render_model_card(
+            run.path, cfg, classes, checkpoint=checkpoint, weights=weights, head=head,
+            command=command))
         out_dir.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, out_dir / f.name)

@@ -83,3 +83,34 @@ def test_export_without_head(trained_run, tmp_path):
 def test_export_of_a_non_run_fails_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="not a supmim run directory"):
         export_run(tmp_path, tmp_path / "e")
+
+
+def test_the_model_card_states_recipe_metrics_and_mim_settings(trained_run, tmp_path):
+    import yaml
+    from supmim.config import RunConfig, apply_dict, validate
+    run, _, summary = trained_run
+    (run / "knn.json").write_text(json.dumps({"k": 20, "top1": 61.5}))  # as compare writes it
+    try:
+        out = export_run(run, tmp_path / "e", command="supmim export RUN --out E")
+    finally:
+        (run / "knn.json").unlink()
+    card = (out / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "timm" and meta["license"] is None  # left for the owner
+    assert "set one" in front and "masked-image-modeling" in meta["tags"]
+    top1 = summary["test"]["top1"]
+    value = meta["model-index"][0]["results"][0]["metrics"][0]["value"]
+    assert value == round(top1, 2)
+    assert f"| test top-1 (%) | {top1:.2f} |" in body and "| kNN top-1 (%) | 61.50 |" in body
+    assert "75% of the patches" in body and "normalised pixels (MAE)" in body
+    assert "At inference all of that is gone" in body
+    assert "`supmim export RUN --out E`" in body
+    # the recorded config is the run's, and it validates as a config file
+    cfg = RunConfig()
+    apply_dict(cfg, yaml.safe_load((out / "supmim_config.yaml").read_text()))
+    validate(cfg)
+    assert cfg.to_dict() == yaml.safe_load((run / "config.yaml").read_text())
+    # a run without kNN says so instead of inventing a number
+    again = (export_run(run, tmp_path / "e2") / "README.md").read_text()
+    assert "kNN top-1 was not measured" in again and "| kNN" not in again
