@@ -76,9 +76,9 @@ def compare(cfg: RunConfig, out_dir: str | Path, seeds: list[int], *,
             if progress:
                 print(f"[compare] {arm}, seed {seed} -> {run_dir}", flush=True)
             summary = run_arm(arm_config(cfg, arm, seed), run_dir, progress)
-            knn = _knn(run_dir) if knn else None
+            knn_top = _knn(run_dir) if knn else None
             runs.append({"arm": arm, "seed": seed, "run": str(run_dir),
-                         "test_top1": _metric(summary, "test"), "knn_top1": knn,
+                         "test_top1": _metric(summary, "test"), "knn_top1": knn_top,
                          "test_top5": _metric(summary, "test", "top5"),
                          "val_top1": _metric(summary, "val"),
                          "mean_step_seconds": summary["mean_step_seconds"],
