@@ -40,7 +40,7 @@ DEMO_RECIPES: dict[str, dict] = {
         "regime": "small data: scikit-learn's 1,797 digits (1,295 train, 143 validation, 359 "
                   "test), upsampled to 16 px",
         "tokenizer_steps": 600,
-        "overrides": ["train.epochs=20"],
+        "overrides": ["train.epochs=15"],
     },
 }
 DEMO_SEEDS = [0, 1]
