@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +31,11 @@ def make_image_folder(root: Path, classes: int = 3, train_per_class: int = 24,
                     img[:, ::4, :] = 255
                 Image.fromarray(img).save(folder / f"{i}.png")
     return root
+
+
+def run_until_sigkill(script: str, cwd: Path) -> None:
+    """Run ``python -c script`` (one torch thread) and check that it killed itself by SIGKILL,
+    as the fault tests' scripts do at a chosen point."""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]

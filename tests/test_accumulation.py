@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _fixtures import make_image_folder
+from _fixtures import make_image_folder, run_until_sigkill
 from supmim.config import build_config
 from supmim.engine.build import guarded_batches
 from supmim.engine.loop import Trainer
@@ -166,9 +165,7 @@ def test_sigkill_in_the_middle_of_an_accumulation_then_resume_is_exact(tmp_path)
     run = tmp_path / "run"
     script = KILLER.format(tests=str(ROOT / "tests"), kill_at=KILL_AT, data=str(data),
                            run=str(run))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    run_until_sigkill(script, ROOT)
     assert _rows(run, "train")[-1]["step"] == 9  # step 10 had started, not finished
     steps = [json.loads((p / "meta.json").read_text())["step"] for p in list_checkpoints(run)]
     assert max(steps) == 8  # the mid-epoch checkpoint after 2 steps of epoch 2

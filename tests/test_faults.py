@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _fixtures import make_image_folder
+from _fixtures import make_image_folder, run_until_sigkill
 from supmim.cli import main
 from supmim.config import build_config
 from supmim.errors import CheckpointError, TrainingError
@@ -186,9 +186,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(tmp_path, refere
     run = tmp_path / "run"
     script = KILLER.format(tests=str(ROOT / "tests"), kill_at=kill_at, data=str(data),
                            run=str(run))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    run_until_sigkill(script, ROOT)
     steps = [int(json.loads((p / "meta.json").read_text())["step"])
              for p in list_checkpoints(run)]
     assert steps == ([9, 18] if kill_at == 5 else [9])  # the rename is the commit point

@@ -21,8 +21,8 @@ reuse its result.
 
 from __future__ import annotations
 
-import fcntl
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict
@@ -36,6 +36,7 @@ from supmim.config import RunConfig
 from supmim.data import labels_of, resolve_data
 from supmim.data.source import ArrayDataset, FolderDataset, cache_root
 from supmim.data.splits import split_indices
+from supmim.run.lock import RunLock
 from supmim.run.tokenizer import tokenizer_recipe, train_tokenizer_for_run
 
 CONTENT_LIMIT = 4 * 2**30  # folders up to 4 GiB are keyed by their files' bytes
@@ -101,8 +102,9 @@ def provide(cfg: RunConfig, dest: Path, *, progress: bool = True) -> str:
     key = recipe_key(cfg)
     root = cache_dir(cfg)
     entry = root / key
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"{key}.lock"):
+    # wait as long as it takes: the holder is training this very tokenizer
+    lock = RunLock(cache_root(cfg.data.cache_dir) / "locks" / f"tokenizer-{key}", wait=math.inf)
+    with lock:
         if (entry / "tokenizer.json").is_file() and (entry / "tokenizer.safetensors").is_file():
             _copy_folder(entry, dest)
             return (f"reused the tokenizer trained earlier on this data with this recipe "
@@ -118,20 +120,6 @@ def provide(cfg: RunConfig, dest: Path, *, progress: bool = True) -> str:
             f"steps, PSNR {summary['psnr']:.2f} dB, codebook usage "
             f"{summary['usage']:.0f}%) and {where}; pass --tokenizer FOLDER to use "
             "your own")
-
-
-class _locked:
-    """An exclusive ``flock`` on ``path`` for the block (blocking: the holder is training)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)  # closing drops the lock
 
 
 def _copy_folder(src: Path, dest: Path) -> None:
