@@ -29,16 +29,17 @@ import torch
 from tqdm.auto import tqdm
 
 from supmim.config import RunConfig
-from supmim.data import read_bad_log
+from supmim.data import EpochSampler, read_bad_log
 from supmim.data.splits import RunData, build_run_data
 from supmim.device import amp_dtype, resolve_device
 from supmim.engine import dist
 from supmim.engine.build import (Loaders, TrainParts, build_loaders, build_parts,
                                  guarded_batches)
 from supmim.engine.evaluate import evaluate
+from supmim.engine.masked_loader import with_masks
 from supmim.engine.signals import StopRequest
 from supmim.engine.state import TrainState, full_states, new_accumulator, restore
-from supmim.engine.step import Batch, TrainStep
+from supmim.engine.step import Batch, PendingSteps, StepRecord, TrainStep
 from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from supmim.loggers import LoggerSet, open_loggers
 from supmim.run import RunDir, use_pretrained_stats
@@ -97,6 +98,8 @@ class Trainer:
         init = self._init_from if cfg.train.init_from and not self.resume else None
         self.parts: TrainParts = build_parts(cfg, self.data, self.device,
                                              self.loaders.steps_per_epoch, init=init)
+        if self.parts.masker is not None and isinstance(self.loaders.sampler, EpochSampler):
+            self.loaders = with_masks(self.loaders, self.parts.masker, cfg.train.seed)
         self.train_step_fn = TrainStep(self.parts, seed=cfg.train.seed,
                                        clip_grad=cfg.train.clip_grad, device=self.device,
                                        dtype=self.dtype)
@@ -104,7 +107,8 @@ class Trainer:
         self.described = self.run.describe(cfg, self.data)
         self.last_eval: dict[str, float] | None = None  # the final model's eval-split metrics
         self.stop = StopRequest()
-        self.stopping = False  # any process got a signal (agreed on every step)
+        self.stopping = False  # any process got a signal (agreed when steps are read)
+        self.pending = PendingSteps()  # steps whose results are still on the device
         self._bad_seen = (-1, 0)  # (bad-file log size, distinct files) at the last check
         self.loggers = LoggerSet()  # fit opens train.logger's, once the start step is known
         self.ready = True
@@ -266,18 +270,40 @@ class Trainer:
             metrics.update({f"ema_{k}": v for k, v in ema.items() if k != "n"})
         return metrics
 
-    def train_step(self, batches: list[Batch], epoch: int) -> dict[str, float] | None:
+    def train_step(self, batches: list[Batch], epoch: int, *,
+                   read: bool = True) -> dict[str, float] | None:
         """One optimizer step (counted) on its micro-batches (``train.accum_steps`` of
-        (images, labels, index)); its statistics, or None when it was skipped."""
+        (images, labels, index[, mask])); its statistics, or None when it was skipped.
+        ``read=False`` leaves its results on the device (the loop reads them with
+        :meth:`read_steps` every ``train.log_every`` steps) and returns None."""
         result = self.train_step_fn(batches, epoch=epoch, step=self.state.step,
                                     stop_asked=self.stop.signum is not None)
         self.state.step += 1
-        self.stopping = result.stopping
-        if result.stats is None:
-            self._skip_step(result.loss, overflow=result.overflow)
-        else:
+        self.pending.add(self.state.step, result)
+        if not dist.is_distributed():  # one process: its own flag, nothing to agree on
+            self.stopping = self.stop.signum is not None
+        if not read:
+            return None
+        return self.read_steps()[-1].stats
+
+    def read_steps(self) -> list[StepRecord]:
+        """Bring the pending steps' results to the host (one transfer) and account for them
+        in step order: epoch sums, skipped steps (logged, and ``train.max_bad_steps`` in a
+        row stop the run), and - with several processes - the agreed stop flag."""
+        records = self.pending.read()
+        acc = self.state.epoch_acc
+        for rec in records:
+            if rec.stats is None:
+                acc["skipped"] += 1
+                self._skip_step(rec.loss, step=rec.step, overflow=rec.overflow)
+                continue
+            acc["count"] += 1
             self.state.skipped["in_row"] = 0
-        return result.stats
+            for k, v in rec.stats.items():
+                acc["sums"][k] = acc["sums"].get(k, 0.0) + v
+        if records and dist.is_distributed():
+            self.stopping = records[-1].stopping
+        return records
 
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict[str, float] | None:
         """One pass over the training data from its ``start``-th step; returns epoch means
@@ -291,43 +317,29 @@ class Trainer:
         steps_per_epoch = self.loaders.steps_per_epoch
         self.loaders.sampler.set_epoch(epoch, start=start * self.loaders.local_batch * accum)
         self.model.train()
-        epoch_start, done_before = time.perf_counter(), acc["count"] + acc["skipped"]
-        total_steps = cfg.train.epochs * steps_per_epoch
+        epoch_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, initial=start,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
         every = cfg.train.checkpoint_every
         batches = guarded_batches(self.loaders.train, self.run, group=accum)
+        log_every = cfg.train.log_every
         for i, micro_batches in enumerate(batches, start=start):
             if i >= steps_per_epoch:
                 break
             t0 = time.perf_counter()
-            stats = self.train_step(micro_batches, epoch)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            self.train_step(micro_batches, epoch, read=False)
+            last = i + 1 >= steps_per_epoch or bool(cfg.train.max_steps
+                                                    and self.step >= cfg.train.max_steps)
+            due = bool(every and self.step % every == 0)
+            # the host reads the device only here: every log_every steps, before a
+            # checkpoint and at the end of the epoch (the time it waits counts as step time)
+            if last or due or self.stopping or self.step % log_every == 0:
+                self._report(self.read_steps(), bar, epoch, epoch_start, i + 1 - start)
             acc["step_seconds"] += time.perf_counter() - t0
-            if stats is None:
-                acc["skipped"] += 1
-            else:
-                acc["count"] += 1
-                for k, v in stats.items():
-                    acc["sums"][k] = acc["sums"].get(k, 0.0) + v
-            elapsed = time.perf_counter() - epoch_start
-            steps_here = acc["count"] + acc["skipped"] - done_before
-            rate = steps_here * cfg.data.batch_size * accum / max(elapsed, 1e-9)
-            remaining = (total_steps - self.step) * elapsed / max(steps_here, 1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats else "skip", img_s=f"{rate:.0f}",
-                            eta=_fmt_seconds(remaining), refresh=False)
             bar.update(1)
-            if stats is not None and self.step % cfg.train.log_every == 0:
-                self._log({"type": "train", "epoch": epoch + 1, "step": self.step,
-                           "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": rate,
-                           **stats})
-            self._check_bad_files()
-            last = i + 1 >= steps_per_epoch or (cfg.train.max_steps
-                                                and self.step >= cfg.train.max_steps)
             stopping = self.stopping
-            if not last and (stopping or (every and self.step % every == 0)):
+            if not last and (stopping or due):
                 acc["seconds"] += time.perf_counter() - epoch_start
                 epoch_start = time.perf_counter()
                 folder = self.save_checkpoint(epoch, {}, mid_epoch=i + 1)
@@ -364,17 +376,36 @@ class Trainer:
                 f"of {total}), e.g. {listed}; all are listed in '{path}'. Replace or remove "
                 "them, or raise data.max_bad_fraction, then continue with --resume auto")
 
-    def _skip_step(self, loss: float, *, overflow: bool = False) -> None:
+    def _report(self, records: list[StepRecord], bar: Any, epoch: int, epoch_start: float,
+                steps_here: int) -> None:
+        """After reading steps back: the progress bar, the ``train`` line of the last step
+        (when it is a logging step and was applied) and the bad-file check."""
+        cfg, accum = self.cfg, self.cfg.train.accum_steps
+        elapsed = time.perf_counter() - epoch_start
+        rate = steps_here * cfg.data.batch_size * accum / max(elapsed, 1e-9)
+        remaining = (cfg.train.epochs * self.steps_per_epoch - self.step) * elapsed / steps_here
+        stats = records[-1].stats if records else None
+        bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats else "skip", img_s=f"{rate:.0f}",
+                        eta=_fmt_seconds(remaining), refresh=False)
+        if stats is not None and self.step % cfg.train.log_every == 0:
+            self._log({"type": "train", "epoch": epoch + 1, "step": self.step,
+                       "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": rate,
+                       **stats})
+        self._check_bad_files()
+
+    def _skip_step(self, loss: float, *, step: int, overflow: bool = False) -> None:
+        """Step ``step`` (1-based) was skipped: count and log it; stop after
+        ``train.max_bad_steps`` in a row (fp16's overflows do not count)."""
         skipped = self.state.skipped
         skipped["total"] += 1
         skipped["in_row"] += 0 if overflow else 1  # fp16's overflows: not towards the limit
-        self._log({"type": "skip", "step": self.step, "loss": loss,
+        self._log({"type": "skip", "step": step, "loss": loss,
                    **({"overflow": True} if overflow else {})})
         limit = self.cfg.train.max_bad_steps
         if skipped["in_row"] >= limit:
             raise TrainingError(
                 f"{skipped['in_row']} steps in a row had a non-finite loss or gradient "
-                f"(up to step {self.step}; train.max_bad_steps={limit}). The last good "
+                f"(up to step {step}; train.max_bad_steps={limit}). The last good "
                 f"checkpoint '{self.run.latest()}' is intact. Lower train.lr, set "
                 "train.clip_grad, or check the data, then continue with --resume auto")
 
