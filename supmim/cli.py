@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from supmim.completion import enable as enable_completion
 from supmim.config import PRESETS, build_config, save_config
 from supmim.errors import Interrupted, SupmimError
+from supmim.experiments.sweep_cli import add_sweep_args
 from supmim.targets.registry import TargetNames
 
 
@@ -185,14 +185,6 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from supmim.export import export_run
-    out = export_run(args.run, args.out, checkpoint=args.checkpoint, weights=args.weights,
-                     head=not args.no_head, command="supmim " + shlex.join(args.argv))
-    print(f"exported to {out}; load with timm.create_model('local-dir:{out}', pretrained=True)")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from supmim.experiments.demo import run_demo
     run_demo(args.out, seeds=args.seeds, progress=not args.quiet)
@@ -200,37 +192,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from supmim.experiments.studies import SIZES, run_stage_study, study
-    from supmim.experiments.sweep import parse_arm, parse_grid, sweep
-    grid_items, arm_items, spec = list(args.grid), list(args.arm), {}
-    if args.study:
-        spec = study(args.study)
-        grid_items = spec["grid"] + grid_items
-        arm_items = spec.get("arms", []) + arm_items
-        args.overrides = SIZES[args.size] + spec["set"] + args.overrides
-    if spec.get("stages"):
-        if not args.pretrain_data:
-            raise SupmimError("sweep --study stages needs --pretrain-data D2 (the stage-1 "
-                              "images, e.g. ../shared/data/tiny-imagenet-10class-subset.tar.gz)")
-        if grid_items or arm_items:
-            raise SupmimError("sweep --study stages takes no --grid / --arm")
-    elif not grid_items and not arm_items:
-        raise SupmimError("sweep: give at least one --grid key=v1,v2 or --arm k=v;k2=v2 "
-                          "(or --study NAME)")
-    elif args.pretrain_data:
-        raise SupmimError("--pretrain-data is for --study stages only")
-    cfg = _config_from(args)
-    if spec.get("stages"):
-        run_stage_study(cfg, args.pretrain_data, args.out, args.seeds, knn=not args.no_knn,
-                        progress=not args.quiet, parallel=args.parallel,
-                        report_only=args.report_only)
-    else:
-        sweep(cfg, args.out, parse_grid(grid_items), args.seeds,
-              arms=[parse_arm(a) for a in arm_items], baseline=not args.no_baseline,
-              knn=not args.no_knn, progress=not args.quiet, parallel=args.parallel,
-              report_only=args.report_only)
-    print(Path(args.out, "sweep.md").read_text())
-    return 0
+    from supmim.experiments.sweep_cli import cmd_sweep as run_sweep
+    return run_sweep(args, _config_from)
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
@@ -336,14 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", help="also write the numbers to this JSON file")
     t.set_defaults(func=cmd_tokenizer_eval)
 
-    p = sub.add_parser("export", help="export a run's encoder as a timm model folder")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--out", required=True)
-    p.add_argument("--checkpoint", default="last",
-                   help="last (default), best, or a folder name under RUN/checkpoints")
-    p.add_argument("--weights", choices=("auto", "raw", "ema"), default="auto")
-    p.add_argument("--no-head", action="store_true", help="export the encoder without its head")
-    p.set_defaults(func=cmd_export)
+    from supmim.export_cli import register as register_export
+    register_export(sub)
 
     p = sub.add_parser("check", help="verify every checkpoint of a run against its recorded "
                                      "digests (exit 1 when any is broken)")
@@ -358,26 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="a grid of config values over seeds, one shared recipe")
     _add_config_args(p)
-    p.add_argument("--out", required=True)
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="a swept key and its values (repeatable: the cartesian product runs)")
-    p.add_argument("--arm", action="append", default=[], metavar="KEY=V;KEY2=V2",
-                   help="one explicit arm (repeatable), beside or instead of the grid; string "
-                        "values may hold {seed}")
-    p.add_argument("--study", help="a named study of the paper (see supmim.studies)")
-    p.add_argument("--pretrain-data", help="--study stages: the stage-1 (pre-training) data")
-    p.add_argument("--size", choices=("cpu", "gpu"), default="cpu",
-                   help="the study's size (epochs, workers)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--no-baseline", action="store_true",
-                   help="no supervised baseline arm (deltas are then not reported)")
-    p.add_argument("--no-knn", action="store_true", help="skip the kNN evaluation of each arm")
-    p.add_argument("--parallel", type=int, default=1,
-                   help="arm-seeds to run at once, each in its own process (small models on "
-                        "a big GPU or many cores)")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: tabulate the runs that have finished")
-    p.add_argument("--quiet", action="store_true")
+    add_sweep_args(p)  # grid, arms, studies, seeds; --launcher local|submitit and its settings
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("data", help="data commands")

@@ -95,6 +95,11 @@ class DataConfig:
     mean: list[float] | None = None  # None = the dataset's own statistics
     std: list[float] | None = None
     max_bad_fraction: float = 0.01  # unreadable files are skipped; abort past this share
+    # the evaluation split of a WebDataset pattern/URL or hf: source, in the form of data.data
+    test_data: str | None = None
+    image_column: str | None = None  # Hugging Face image column / WebDataset image extension
+    label_column: str | None = None  # Hugging Face label column / WebDataset label member or field
+    streaming: bool = False  # read hf: / WebDataset sources front to back (supmim.data.streaming)
 
 
 @dataclass
@@ -396,5 +401,10 @@ def validate(cfg: RunConfig) -> None:
     logger_names(t.logger)
     _check(t.layer_decay is None or 0.0 < t.layer_decay <= 1.0, "train.layer_decay",
            "must be in (0, 1] or null (off)")
+    for name in ("test_data", "image_column", "label_column"):
+        value = getattr(d, name)
+        _check(value is None or (value.strip() == value and value != "" and "\n" not in value),
+               f"data.{name}", f"is {value!r}; give a non-empty name without surrounding "
+               "spaces, or null")
     _check(0.0 <= d.max_bad_fraction < 1.0, "data.max_bad_fraction",
            "must be in [0, 1) (0 = stop at the first unreadable file)")

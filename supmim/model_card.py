@@ -72,8 +72,10 @@ def _mim_lines(cfg: RunConfig) -> list[str]:
 
 
 def render_model_card(run: Path, cfg: RunConfig, classes: list[str], *, checkpoint: str,
-                      weights: str, head: bool, command: str | None = None) -> str:
-    """The card's Markdown for an export of ``run`` (its config ``cfg``)."""
+                      weights: str, head: bool, command: str | None = None,
+                      repo_id: str | None = None) -> str:
+    """The card's Markdown for an export of ``run`` (its config ``cfg``); ``repo_id``: the Hub
+    repo it is pushed to, named in the loading example."""
     m, t, d = cfg.model, cfg.train, cfg.data
     metrics = _measured(run)
     measured = []
@@ -99,7 +101,8 @@ def render_model_card(run: Path, cfg: RunConfig, classes: list[str], *, checkpoi
         "",
         "```python",
         "import timm",
-        "model = timm.create_model('hf-hub:OWNER/NAME', pretrained=True)  # or 'local-dir:PATH'",
+        f"model = timm.create_model('hf-hub:{repo_id or 'OWNER/NAME'}', pretrained=True)"
+        "  # or 'local-dir:PATH'",
         "cfg = timm.data.resolve_data_config({}, model=model)  # input size, mean, std, crop",
         "transform = timm.data.create_transform(**cfg)",
         "```",

@@ -10,6 +10,7 @@ from supmim.data.datasets import ImageDataset, read_bad_log
 from supmim.data.readers import (
     ACCEPTED_FORMS,
     ReadContext,
+    ReadOptions,
     Reader,
     extract_archive,
     read_idx,
@@ -27,6 +28,7 @@ from supmim.data.source import (
     cache_root,
     labels_of,
 )
+from supmim.data.streaming import StreamingImages
 from supmim.data.stratified import stratified_split, stratified_subset
 from supmim.data.transforms import build_eval_transform, build_train_transform, channel_stats
 
@@ -39,6 +41,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ReadContext",
+    "ReadOptions",
     "Reader",
     "build_eval_transform",
     "build_train_transform",
@@ -52,6 +55,7 @@ __all__ = [
     "register_reader",
     "registered_readers",
     "resolve_data",
+    "StreamingImages",
     "seed_all",
     "stratified_split",
     "stratified_subset",

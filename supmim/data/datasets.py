@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from supmim.data.sampling import SeededSample
 from supmim.errors import DataError
 
-__all__ = ["ImageDataset", "read_bad_log", "to_mode"]
+__all__ = ["ImageDataset", "append_bad", "read_bad_log", "to_mode"]
 
 ON_ERROR = ("raise", "substitute", "skip")
 
@@ -160,13 +160,18 @@ class ImageDataset(Dataset):
         where = str(paths[j]) if paths is not None else f"{type(self.base).__name__}[{j}]"
         self.bad.append(where)
         if self.bad_log is not None:
-            line = (where.replace("\n", " ") + "\t" + str(err).replace("\n", " ")[:300] + "\n")
-            # O_APPEND: each short write lands whole even with several writers
-            fd = os.open(self.bad_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line.encode("utf-8", "replace"))
-            finally:
-                os.close(fd)
+            append_bad(self.bad_log, where, err)
+
+
+def append_bad(bad_log: str | Path, where: str, err: Exception | str) -> None:
+    """Append one ``where<TAB>reason`` line to the bad-file log ``bad_log``."""
+    line = (where.replace("\n", " ") + "\t" + str(err).replace("\n", " ")[:300] + "\n")
+    # O_APPEND: each short write lands whole even with several writers
+    fd = os.open(bad_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
 
 
 def read_bad_log(path: str | Path) -> dict[str, str]:

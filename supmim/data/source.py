@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset
 
 from supmim.data.datasets import ImageDataset
 from supmim.errors import DataError
@@ -114,6 +114,10 @@ def labels_of(dataset: Any) -> np.ndarray:
     ``ConcatDataset`` and :class:`ImageDataset` around them. Anything else falls back to
     iterating ``dataset[i][1]``, which does decode images (slow, but correct).
     """
+    if isinstance(dataset, IterableDataset):
+        raise DataError("this needs an indexed source: streamed data (pipe:/http shards, "
+                        "hf+stream:, data.streaming=true) has no labels up front; use local "
+                        "shards or a non-streamed dataset")
     if isinstance(dataset, ImageDataset):
         labels = labels_of(dataset.base)
         return labels if dataset.indices is None else labels[dataset.indices]

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from supmim.config import RunConfig
 from supmim.data import EpochSampler
 from supmim.data.splits import RunData
+from supmim.data.streaming import StreamingImages
 from supmim.engine import dist
 from supmim.device import amp_dtype, grad_scaler
 from supmim.engine.signals import quiet_worker
@@ -32,7 +33,7 @@ from supmim.targets import build_target, target_class
 @dataclass
 class Loaders:
     train: DataLoader
-    sampler: EpochSampler
+    sampler: EpochSampler | StreamingImages  # set_epoch(epoch, start) before each epoch
     eval: DataLoader | None
     test: DataLoader | None
     local_batch: int  # this process's share of data.batch_size (one micro-batch)
@@ -89,15 +90,25 @@ def build_loaders(cfg: RunConfig, data: RunData, device: torch.device) -> Loader
         raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the "
                           f"{len(data.train)} training images")
     local_batch = d.batch_size // world
-    sampler = EpochSampler(len(data.train), seed=cfg.train.seed, rank=dist.rank(), world=world)
     common: dict[str, Any] = dict(num_workers=d.num_workers, pin_memory=device.type == "cuda",
                                   persistent_workers=d.num_workers > 0,
                                   worker_init_fn=quiet_worker if d.num_workers else None)
     # drop_last: every step sees a full batch (mixup needs an even size; step times compare)
-    train = DataLoader(data.train, batch_size=local_batch, sampler=sampler, drop_last=True,
-                       **common)
+    if isinstance(data.train, StreamingImages):  # streamed: it is its own sampler
+        sampler: EpochSampler | StreamingImages = data.train
+        data.train.place(dist.rank(), world, local_batch)
+        # not persistent: each epoch's iteration copies the epoch (set_epoch) into the workers
+        train = DataLoader(data.train, batch_size=local_batch, drop_last=True,
+                           **{**common, "persistent_workers": False})
+        batches = len(data.train) // world // local_batch
+    else:
+        sampler = EpochSampler(len(data.train), seed=cfg.train.seed, rank=dist.rank(),
+                               world=world)
+        train = DataLoader(data.train, batch_size=local_batch, sampler=sampler,
+                           drop_last=True, **common)
+        batches = len(train)
     # the incomplete accumulation at the end of an epoch is dropped, as drop_last does
-    steps = len(train) // accum
+    steps = batches // accum
     if steps == 0:
         raise ConfigError(f"data.batch_size x train.accum_steps ({d.batch_size} x {accum}) is "
                           f"larger than the {len(data.train)} training images; lower one of them")
@@ -107,6 +118,9 @@ def build_loaders(cfg: RunConfig, data: RunData, device: torch.device) -> Loader
     def eval_loader(ds: Dataset | None) -> DataLoader | None:
         if ds is None:
             return None
+        if isinstance(ds, StreamingImages):  # one unshuffled pass, split over the processes
+            ds.place(dist.rank(), world)
+            return DataLoader(ds, batch_size=d.eval_batch_size, **common)
         return DataLoader(ds, batch_size=d.eval_batch_size,
                           sampler=dist.ShardSampler(len(ds), dist.rank(), world), **common)
     evaluation = eval_loader(data.eval)
@@ -139,11 +153,11 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
             model, device_ids=[device] if device.type == "cuda" else None)
     if t.compile:
         step_model = torch.compile(step_model)
-    # fused AdamW on GPUs (one kernel for all parameters); timm's layer-decay groups use
+    # fused AdamW (one kernel for all parameters, on GPUs and CPUs): its found_inf input
+    # skips a non-finite step on the device (engine.step); timm's layer-decay groups use
     # SupMimModel.group_matcher (the encoder's blocks, under "encoder.")
-    extra = {"fused": True} if device.type == "cuda" else {}
     optimizer = create_optimizer_v2(model, opt="adamw", lr=t.lr, weight_decay=t.weight_decay,
-                                    layer_decay=t.layer_decay, **extra)
+                                    layer_decay=t.layer_decay, fused=True)
     total = t.epochs * steps_per_epoch
     warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), total - 1)
     scheduler = CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=t.min_lr,

@@ -177,6 +177,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     options = RobustnessOptions(
         split=args.split, corruptions=args.corruptions, severities=args.severities, subset=args.subset,
         seed=args.seed, baseline=args.baseline, variants=args.variant or [], use_cache=not args.no_cache,
+        imagenet_c=args.imagenet_c, imagenet_c_reference=args.imagenet_c_reference,
         checkpoint=args.checkpoint, weights=args.weights, **_task_options(args))
     require_input(args.data, options)
     return _evaluate(args, "robustness", options)
@@ -280,7 +281,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the corruptions")
     p.add_argument("--baseline", help="reference for mCE: a robustness result JSON or a MODEL")
     p.add_argument("--variant", action="append", metavar="NAME=PATH",
-                   help="imagenet-a, imagenet-r, imagenet-sketch or imagenet-v2 folder (repeatable)")
+                   help="imagenet-a, imagenet-r, imagenet-sketch (<wnid>/ folders) or imagenet-v2 (<0..999>/) "
+                        "folder or .tar (repeatable)")
+    p.add_argument("--imagenet-c", metavar="PATH",
+                   help="an ImageNet-C folder (<corruption>/<severity>/<wnid>/): top-1 per corruption and "
+                        "severity, mCE")
+    p.add_argument("--imagenet-c-reference", default="alexnet", metavar="alexnet|none|JSON",
+                   help="mCE normaliser: AlexNet's published errors (default), none, or a JSON "
+                        "{corruption: error %%} / an earlier robustness result with ImageNet-C")
     p.add_argument("--no-cache", action="store_true", help="do not cache corrupted images")
     p.set_defaults(func=cmd_robustness)
 

@@ -38,8 +38,6 @@ CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", 
                "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
                "elastic_transform", "pixelate", "jpeg_compression")
 SEVERITIES = (1, 2, 3, 4, 5)
-# The ImageNet variants: their layout is one folder of class folders (wnids, or 0..999 for V2).
-VARIANT_CLASSES = {"imagenet-a": 200, "imagenet-r": 200, "imagenet-sketch": 1000, "imagenet-v2": 1000}
 
 
 def corruption_functions() -> Callable[..., np.ndarray]:

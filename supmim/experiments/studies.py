@@ -83,11 +83,13 @@ def study(name: str) -> dict[str, Any]:
 
 def run_stage_study(cfg: Any, pretrain_data: str, out_dir: str | Path, seeds: list[int], *,
                     knn: bool = True, progress: bool = True, parallel: int = 1,
-                    report_only: bool = False) -> dict[str, Any]:
+                    report_only: bool = False, launcher: Any = None) -> dict[str, Any]:
     """Stage 1: a supervised and a MIM run on ``pretrain_data`` (``OUT/pretrain``). Stage 2:
     the :data:`STAGE_ARMS` on ``cfg``'s data, each starting from the stage-1 run of its kind
     and seed (``train.init_from``), plus the from-scratch baseline; deltas are to the
-    baseline (no pre-training, no MIM). Reuses finished runs like any sweep."""
+    baseline (no pre-training, no MIM). Reuses finished runs like any sweep. With a
+    ``launcher`` that does not wait, stage 2 is submitted by a later call once stage 1 has
+    finished; stage-1 failures stop before stage 2."""
     from supmim.config import set_key
     from supmim.experiments.sweep import sweep
     out = Path(out_dir)
@@ -96,7 +98,9 @@ def run_stage_study(cfg: Any, pretrain_data: str, out_dir: str | Path, seeds: li
     set_key(pre_cfg, "train.init_from", None)
     pre = sweep(pre_cfg, out / "pretrain", {"mim.enabled": [False, True]}, seeds,
                 baseline=False, knn=False, progress=progress, parallel=parallel,
-                report_only=report_only)
+                report_only=report_only, launcher=launcher)
+    if pre.get("submitted") or pre.get("failed_jobs"):
+        return pre
     pre_dirs = {r["values"]["mim.enabled"]: out / "pretrain" / r["arm"] for r in pre["arms"]}
     arms = []
     for name, (pre_mim, ft_mim) in STAGE_ARMS.items():
@@ -105,4 +109,4 @@ def run_stage_study(cfg: Any, pretrain_data: str, out_dir: str | Path, seeds: li
             values["train.init_from"] = str(pre_dirs[pre_mim] / "seed{seed}")
         arms.append(values)
     return sweep(cfg, out, {}, seeds, arms=arms, knn=knn, progress=progress, parallel=parallel,
-                 report_only=report_only)
+                 report_only=report_only, launcher=launcher)

@@ -10,7 +10,8 @@ complete.
 Per arm: test top-1 (mean +- std over seeds), weighted kNN top-1 (DINO protocol, k=20,
 T=0.07: the training images as the bank, the test split as queries, eval preprocessing),
 training wall time. Output: ``sweep.json``, ``sweep.md``, ``sweep_<key>.png`` per grid key and
-``sweep_arms.png`` (every arm as a bar).
+``sweep_arms.png`` (every arm as a bar). Where the arm-seeds run (this machine, or one SLURM job
+each) is the launcher's business: :mod:`supmim.experiments.launchers`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from supmim.experiments.compare import run_arm, seed_stats
-from supmim.experiments.verdict import knn_top1
+from supmim.experiments.compare import run_arm, seed_stats  # noqa: F401 (run_arm: re-exported)
+from supmim.experiments.launchers import (ArmSeed, Launcher, LocalLauncher, collect,
+                                          recorded_jobs, run_arm_seed, run_state)
+from supmim.experiments.verdict import knn_top1  # noqa: F401 (re-exported)
 from supmim.config import RunConfig, parse_override, save_config, set_key, validate
 from supmim.errors import ConfigError
 from supmim.files import atomic_write_text, write_json
@@ -120,25 +123,31 @@ def arm_for_seed(arm_cfg: RunConfig, values: dict[str, Any], seed: int) -> RunCo
 
 def sweep(cfg: RunConfig, out_dir: str | Path, grid: dict[str, list[Any]], seeds: list[int],
           *, arms: list[dict[str, Any]] | None = None, baseline: bool = True, knn: bool = True,
-          progress: bool = True, parallel: int = 1, report_only: bool = False
-          ) -> dict[str, Any]:
+          progress: bool = True, parallel: int = 1, report_only: bool = False,
+          launcher: Launcher | None = None) -> dict[str, Any]:
     """Run every arm x seed (reusing finished runs); write sweep.json, sweep.md, plots.
 
     Arms: the baseline(s), the cartesian product of ``grid`` and the explicit ``arms`` (each
     a dict of key -> value; string values may hold ``{seed}``). Deltas are to the baseline
     with the same values of the swept non-``mim.*`` keys. ``parallel`` > 1 runs that many
     arm-seeds at once in separate processes (small models on a big GPU or many cores).
-    ``report_only``: train nothing, tabulate the finished runs (missing seeds are left out
-    and the counts shown)."""
+    ``report_only``: train nothing, tabulate the finished runs (missing seeds are left out,
+    the counts shown and each missing arm-seed listed with its state). ``launcher``: where
+    the arm-seeds run (default: :class:`LocalLauncher` with ``parallel``); one that returns
+    without waiting (``--no-wait``) gives ``{"submitted": [...]}`` and writes no report."""
     out = Path(out_dir)
     all_arms = arms_of(cfg, grid, baseline, arms)
     if not any(not name.startswith(BASELINE) for name, _, _ in all_arms):
         raise ConfigError("sweep: give at least one --grid key=v1,v2 or --arm k=v;k2=v2")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    jobs = [(name, seed, arm_for_seed(arm_cfg, values, seed), out / name / f"seed{seed}")
+    jobs = [ArmSeed(name, seed, arm_for_seed(arm_cfg, values, seed), out / name / f"seed{seed}")
             for name, values, arm_cfg in all_arms for seed in seeds]
-    done = _run_jobs(jobs, knn, progress, parallel, report_only)
+    launcher = launcher or LocalLauncher(parallel)
+    done = collect(jobs, knn) if report_only else launcher.launch(jobs, knn=knn,
+                                                                  progress=progress)
+    if done is None:  # submitted without waiting
+        return {"submitted": True, "out": str(out)}
     rows = []
     for name, values, arm_cfg in all_arms:
         per_seed = [r for r in (done[(name, seed)] for seed in seeds) if r is not None]
@@ -159,7 +168,9 @@ def sweep(cfg: RunConfig, out_dir: str | Path, grid: dict[str, list[Any]], seeds
                 r[f"delta_{metric}"] = delta
     keys = list(grid) + [k for a in arms or [] for k in a if k not in grid and k != "name"]
     result = {"grid": {k: list(v) for k, v in grid.items()}, "keys": list(dict.fromkeys(keys)),
-              "seeds": seeds, "arms": rows, "baselines": list(bases)}
+              "seeds": seeds, "arms": rows, "baselines": list(bases), "out": str(out),
+              "missing": missing_runs(jobs, done, out),
+              "failed_jobs": list(getattr(launcher, "failures", []))}
     write_json(out / "sweep.json", result)
     atomic_write_text(out / "sweep.md", render_markdown(result))
     plot_sweep(result, out)
@@ -189,51 +200,25 @@ def _baseline_of(arm_cfg: RunConfig, bases: dict[str, RunConfig], keys: list[str
     return None
 
 
-def _run_job(run_cfg: RunConfig, run_dir: Path, knn: bool, progress: bool,
-             report_only: bool = False) -> dict[str, Any] | None:
-    """Train (or reuse) one arm-seed and measure it: the per-seed row of the table.
-    ``report_only``: train nothing; None for a run that has not finished, and kNN only
-    where it was already measured."""
-    if report_only:
-        if not (run_dir / "summary.json").is_file():
-            return None
-        knn = knn and (run_dir / "knn.json").is_file()
-    from supmim.run.lock import RunLocked
-    try:
-        summary = run_arm(run_cfg, run_dir, progress)
-    except RunLocked as err:  # another copy of the sweep is training this arm: skip it
-        print(f"[sweep] skipped: {err}", flush=True)
-        return None
-    return {"seed": run_cfg.train.seed, "run": str(run_dir),
-            "test_top1": summary.get("test", {}).get("top1"),
-            "knn_top1": knn_top1(run_dir) if knn else None,
-            "train_seconds": summary["train_seconds"]}
+_run_job = run_arm_seed  # the name the fault tests use
 
 
-def _run_jobs(jobs: list[tuple[str, int, RunConfig, Path]], knn: bool, progress: bool,
-              parallel: int, report_only: bool = False
-              ) -> dict[tuple[str, int], dict[str, Any] | None]:
-    """Every (arm, seed) job, one after another or ``parallel`` at a time in spawned
-    processes (each its own CUDA context); a failed job re-raises its error."""
-    if parallel <= 1 or report_only:
-        out = {}
-        for name, seed, run_cfg, run_dir in jobs:
-            if progress and not report_only:
-                print(f"[sweep] {name}, seed {seed} -> {run_dir}", flush=True)
-            out[(name, seed)] = _run_job(run_cfg, run_dir, knn, progress, report_only)
-        return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {(name, seed): pool.submit(_run_job, run_cfg, run_dir, knn, False)
-                   for name, seed, run_cfg, run_dir in jobs}
-        out = {}
-        for key, fut in futures.items():
-            out[key] = row = fut.result()
-            if progress and row is not None:
-                print(f"[sweep] done {key[0]}, seed {key[1]}: test top-1 "
-                      f"{row['test_top1']}", flush=True)
-        return out
+def missing_runs(jobs: list[ArmSeed], done: dict[tuple[str, int], Any], out: Path
+                 ) -> list[dict[str, Any]]:
+    """Every arm-seed without a result: its run, its state and, for a submitit sweep, its
+    job and log."""
+    submitted = recorded_jobs(out)
+    missing = []
+    for j in jobs:
+        if done.get(j.key) is not None:
+            continue
+        entry = {"arm": j.arm, "seed": j.seed, "run": str(j.run_dir),
+                 "state": run_state(j.run_dir)}
+        job = submitted.get(f"{j.arm}/seed{j.seed}")
+        if job:
+            entry.update(job=job["job_id"], log=job["stderr"])
+        missing.append(entry)
+    return missing
 
 
 def _fmt(stat: dict[str, float] | None, digits: int = 2, expected: int | None = None) -> str:
@@ -263,7 +248,22 @@ def render_markdown(result: dict[str, Any]) -> str:
                                                            *deltas,
                                                            *([r.get("baseline", "-")] if many
                                                              else []), minutes]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _missing_lines(result)) + "\n"
+
+
+def _missing_lines(result: dict[str, Any]) -> list[str]:
+    """The table of arm-seeds without a result (none: no lines)."""
+    missing = result.get("missing") or []
+    if not missing:
+        return []
+    total = len(result["arms"]) * len(result["seeds"])
+    lines = ["", f"Not finished: {len(missing)} of {total} arm-seeds (left out of the table "
+             "above; re-run the same command to run or resume them).", "",
+             "| arm | seed | state | job | log |", "|---|---|---|---|---|"]
+    for m in missing:
+        lines.append(f"| {m['arm']} | {m['seed']} | {m['state']} | {m.get('job', '-')} | "
+                     f"{m.get('log', '-')} |")
+    return lines
 
 
 def plot_sweep(result: dict[str, Any], out: Path) -> None:

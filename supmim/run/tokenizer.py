@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from torchvision import transforms as T
 
 from supmim.config import RunConfig
-from supmim.data import ImageDataset, labels_of, resolve_data
+from supmim.data import ImageDataset, labels_of
+from supmim.data.splits import resolve_config_data
 from supmim.data.splits import split_indices
 from supmim.errors import ConfigError
 from supmim.targets.tokenizers.train import (TokenizerTrainConfig, evaluate_tokenizer,
@@ -47,7 +48,7 @@ def tokenizer_datasets(cfg: RunConfig, size: int) -> tuple[ImageDataset, ImageDa
     """The run's training images (and its val split, else the test split) as [0, 1] tensors
     at ``size`` x ``size``; no augmentation beyond a horizontal flip for training."""
     d, chans = cfg.data, cfg.model.in_chans
-    src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
+    src = resolve_config_data(d)
     train_idx, val_idx = split_indices(cfg, labels_of(src.train))
     resize = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
               T.CenterCrop(size)]
@@ -118,7 +119,7 @@ def evaluate_tokenizer_for_run(cfg: RunConfig, tokenizer: str | Path, *,
         data = train
     elif split == "test":
         d = cfg.data
-        src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
+        src = resolve_config_data(d)
         if src.test is None:
             raise ConfigError(f"'{d.data}' has no test split: use --split val")
         data = ImageDataset(src.test, eval_tf, cfg.model.in_chans)

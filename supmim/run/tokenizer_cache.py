@@ -33,7 +33,8 @@ import numpy as np
 import xxhash
 
 from supmim.config import RunConfig
-from supmim.data import labels_of, resolve_data
+from supmim.data import labels_of
+from supmim.data.splits import resolve_config_data
 from supmim.data.source import ArrayDataset, FolderDataset, cache_root
 from supmim.data.splits import split_indices
 from supmim.run.lock import RunLock
@@ -63,7 +64,7 @@ def recipe_key(cfg: RunConfig) -> str:
 def data_digest(cfg: RunConfig) -> str:
     """A digest of the run's training split: content, membership and labels."""
     d = cfg.data
-    src = resolve_data(d.data, root=d.root, download=d.download, cache_dir=d.cache_dir)
+    src = resolve_config_data(d)
     labels = labels_of(src.train)
     train_idx, _ = split_indices(cfg, labels)
     h = xxhash.xxh3_128()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from supmim.data.readers import archive, builtin, folder, hf, shards, tiny_imagenet
+from supmim.data.readers import archive, builtin, folder, hf, shards, tiny_imagenet, wds
 from supmim.data.readers.archive import ARCHIVE_SUFFIXES, extract_archive
 from supmim.data.readers.builtin import read_idx
 from supmim.data.readers.registry import (
@@ -22,6 +22,7 @@ from supmim.data.readers.registry import (
     Detect,
     Load,
     ReadContext,
+    ReadOptions,
     Reader,
     register_reader,
     registered_readers,
@@ -30,7 +31,8 @@ from supmim.data.readers.registry import (
 )
 
 #: The built-in reader modules; importing them registered their readers.
-READER_MODULES: tuple[ModuleType, ...] = (shards, hf, tiny_imagenet, folder, archive, builtin)
+READER_MODULES: tuple[ModuleType, ...] = (shards, wds, hf, tiny_imagenet, folder, archive,
+                                          builtin)
 
 __all__ = [
     "ACCEPTED_FORMS",
@@ -39,6 +41,7 @@ __all__ = [
     "Detect",
     "Load",
     "ReadContext",
+    "ReadOptions",
     "READER_MODULES",
     "Reader",
     "extract_archive",

@@ -7,6 +7,8 @@ dataset picked by its name instead of by a path.
 
 Dispatch (:func:`resolve_data`):
 
+0. a spec claimed by a reader's ``claims(spec)`` (a prefix such as ``hf:``, a URL, a brace
+   pattern: forms that are not paths) goes to that reader;
 1. a spec that names a by-name reader (case, ``-`` and ``_`` ignored) and has no path
    separator and no leading ``.`` is that dataset, even if a same-named folder exists;
 2. an existing folder or file goes to the first path reader, by ``order``, whose
@@ -19,7 +21,7 @@ Dispatch (:func:`resolve_data`):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +34,7 @@ __all__ = [
     "Detect",
     "Load",
     "ReadContext",
+    "ReadOptions",
     "Reader",
     "read_extracted",
     "register_reader",
@@ -48,7 +51,12 @@ ACCEPTED_FORMS = (
     "  - the Tiny ImageNet layout (wnids.txt, train/<wnid>/images/*.JPEG, val/images/ +\n"
     "    val/val_annotations.txt), as a folder or such an archive: classes = sorted wnids, test split = val;\n"
     "  - a folder of WebDataset shards written by `supmim data pack`;\n"
+    "  - standard WebDataset shards: a folder of train-*.tar (+ val-*/test-*.tar), a brace\n"
+    "    pattern (/d/train-{000000..000009}.tar), or pipe:/http(s) URLs (streamed);\n"
+    "    members KEY.jpg|jpeg|png|webp + KEY.cls or KEY.json (label/cls/class field);\n"
     "  - a Hugging Face dataset saved with save_to_disk (Image + ClassLabel columns);\n"
+    "  - hf:imagefolder:DIR, hf:parquet:DIR|GLOB, hf:NAME (datasets.load_dataset);\n"
+    "    hf+stream:... (or data.streaming=true) streams it;\n"
     "  - fashion-mnist  (apt-get install dataset-fashion-mnist, or --data-root with the four IDX .gz files);\n"
     "  - digits         (scikit-learn's load_digits; pip install scikit-learn);\n"
     "  - cifar10 or cifar100  (torchvision; pass --download, or --data-root with the extracted files)."
@@ -58,12 +66,33 @@ DEFAULT_ORDER = 50
 
 
 @dataclass(frozen=True)
+class ReadOptions:
+    """Reader options from the data config; each reader lists those it understands
+    (:attr:`Reader.options`) and :func:`resolve_data` refuses the others.
+
+    ``test_data``: the evaluation split, in the form of ``--data`` (patterns, URLs, ``hf:``);
+    ``image_column`` / ``label_column``: the image / label column (Hugging Face) or member
+    extension / JSON field (WebDataset); ``streaming``: read front to back instead of indexed.
+    """
+
+    test_data: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    streaming: bool = False
+
+    def given(self) -> list[str]:
+        """The names of the options that are set."""
+        return [f.name for f in fields(self) if getattr(self, f.name) not in (None, False)]
+
+
+@dataclass(frozen=True)
 class ReadContext:
     """What a reader's ``load`` gets besides the path.
 
     ``name`` is the :attr:`DataSource.name` to give (the resolved path of the folder or
     archive the user passed, or the dataset's name); ``what`` is ``"folder"``, ``"file"``,
-    ``"archive"`` (an archive's extracted folder) or ``"builtin"``, for error messages.
+    ``"archive"`` (an archive's extracted folder), ``"builtin"`` or ``"spec"`` (a
+    claimed non-path spec), for error messages.
     ``root``, ``download`` and ``cache_dir`` are :func:`resolve_data`'s arguments.
     """
 
@@ -73,10 +102,12 @@ class ReadContext:
     root: str | None = None
     download: bool = False
     cache_dir: str | None = None
+    options: ReadOptions = field(default_factory=ReadOptions)
 
 
 Detect = Callable[[Path], bool]
 Load = Callable[[Path, ReadContext], DataSource]
+Claims = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -88,11 +119,13 @@ class Reader:
     load: Load
     order: int = DEFAULT_ORDER
     in_archives: bool = True
+    claims: Claims | None = None
+    options: frozenset[str] = frozenset()
 
     @property
     def by_name(self) -> bool:
         """Whether this is a built-in dataset selected by its name rather than by a path."""
-        return self.detect is None
+        return self.detect is None and self.claims is None
 
 
 _READERS: dict[str, Reader] = {}
@@ -104,16 +137,19 @@ def name_key(name: str) -> str:
 
 
 def register_reader(name: str, detect: Detect | None, load: Load, *, order: int = DEFAULT_ORDER,
-                    in_archives: bool = True) -> Reader:
+                    in_archives: bool = True, claims: Claims | None = None,
+                    options: tuple[str, ...] = ()) -> Reader:
     """Add (or, under a name already taken, replace) a reader and return it.
 
     ``detect(path)`` is called with any existing file or folder and must not raise for
     ones it does not read; ``None`` makes ``name`` a built-in dataset, chosen when
     ``--data`` is that name (then ``load`` gets ``Path(spec)``). Path readers are tried
     by ascending ``order``, ties in registration order. ``in_archives``: also try it on
-    the folder an archive extracts to.
+    the folder an archive extracts to. ``claims(spec)``: this reader takes specs that are
+    not paths (then ``load`` gets ``Path(spec)`` and reads ``ctx.spec``). ``options``: the
+    :class:`ReadOptions` names it understands.
     """
-    reader = Reader(name, detect, load, order, in_archives)
+    reader = Reader(name, detect, load, order, in_archives, claims, frozenset(options))
     _READERS[name] = reader
     return reader
 
@@ -154,33 +190,57 @@ def read_extracted(folder: Path, ctx: ReadContext) -> DataSource:
     return reader.load(folder, replace(ctx, what="archive"))
 
 
+def _claiming(spec: str) -> Reader | None:
+    """The first reader, by ``order``, whose ``claims`` takes ``spec``."""
+    return next((r for r in registered_readers() if r.claims is not None and r.claims(spec)),
+                None)
+
+
+def _load(reader: Reader, path: Path, ctx: ReadContext) -> DataSource:
+    """``reader.load``, after refusing the options it does not understand."""
+    unknown = [o for o in ctx.options.given() if o not in reader.options]
+    if unknown:
+        raise DataError(f"data.{unknown[0]} does not apply to --data {ctx.spec!r} (read as "
+                        f"{reader.name}); it applies to WebDataset patterns/URLs and hf: "
+                        "sources. Remove it")
+    return reader.load(path, ctx)
+
+
 def _read_path(path: Path, ctx: ReadContext) -> DataSource:
     """Read an existing file or folder with the first path reader that accepts it."""
     reader = _detecting(path, extracted=False)
     if reader is not None:
-        return reader.load(path, ctx)
+        return _load(reader, path, ctx)
     if ctx.what == "file":
         raise DataError(f"--data {ctx.spec!r} is a file but not a .tar/.tar.gz/.tgz archive.\n" + ACCEPTED_FORMS)
     raise DataError(f"--data {ctx.spec!r} is a folder in no layout supmim reads.\n" + ACCEPTED_FORMS)
 
 
 def resolve_data(
-    spec: str, *, root: str | None = None, download: bool = False, cache_dir: str | None = None
+    spec: str, *, root: str | None = None, download: bool = False, cache_dir: str | None = None,
+    options: ReadOptions | None = None,
 ) -> DataSource:
     """Turn ``--data`` into a :class:`DataSource`; see :data:`ACCEPTED_FORMS`.
 
     A built-in name wins over a same-named folder in the working directory; write
     ``./cifar10`` to mean the folder. ``root`` (``--data-root``) only matters for the
-    built-in datasets; ``cache_dir`` holds extracted archives and downloads.
+    built-in datasets; ``cache_dir`` holds extracted archives, downloads and shard indexes.
+    ``options``: reader options (:class:`ReadOptions`) from the data config.
     """
-    spec = str(spec).strip()
+    spec, options = str(spec).strip(), options or ReadOptions()
+    claimed = _claiming(spec)
+    if claimed is not None:
+        return _load(claimed, Path(spec), ReadContext(spec, spec, "spec", root, download,
+                                                      cache_dir, options))
     named = _by_name(spec)
     if named is not None:
-        return named.load(Path(spec), ReadContext(spec, named.name, "builtin", root, download, cache_dir))
+        return _load(named, Path(spec), ReadContext(spec, named.name, "builtin", root, download,
+                                                    cache_dir, options))
     path = Path(spec).expanduser()
     if path.is_dir() or path.is_file():
         what = "folder" if path.is_dir() else "file"
-        return _read_path(path, ReadContext(spec, str(path.resolve()), what, root, download, cache_dir))
+        return _read_path(path, ReadContext(spec, str(path.resolve()), what, root, download,
+                                            cache_dir, options))
     if path.exists():
         raise DataError(f"--data {spec!r} is neither a folder nor a regular file.\n" + ACCEPTED_FORMS)
     raise DataError(f"--data {spec!r}: no such folder or file, and not a built-in dataset name.\n" + ACCEPTED_FORMS)

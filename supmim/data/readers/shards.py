@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from supmim.data.readers.registry import ReadContext, register_reader, resolve_data
 from supmim.data.source import DataSource, labels_of, split_source
@@ -67,6 +67,9 @@ def pack(spec: str, out_dir: str | Path, *, shard_size: int = 10_000,
     for split, ds in splits.items():
         if ds is None:
             continue
+        if isinstance(ds, IterableDataset):
+            raise DataError(f"--data {spec!r} is streamed; `supmim data pack` needs an indexed "
+                            "source (local files, not data.streaming)")
         labels = labels_of(ds)
         with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=shard_size,
                              verbose=0) as sink:

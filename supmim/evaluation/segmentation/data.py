@@ -14,6 +14,10 @@ Every split yields ``(image uint8 (H, W, 3), mask int64 (H, W))`` with classes 0
   ``validation`` when those folders exist (ADEChallengeData2016). With ``reduce_zero_label``
   (the ADE20K convention, on by default for this layout) label 0 ("other") is ignored and
   labels 1..150 become 0..149. Class names come from ``classes.txt`` (one per line) if present.
+  **ADEChallengeData2016** itself (a folder of that name, or one with ``objectInfo150.txt``)
+  has 150 classes without a scan of its annotations (values above 150 are ignored), named
+  from its ``objectInfo150.txt`` or, without one, from the stored copy of that list
+  (``supmim/evaluation/data/ade20k_classes.txt``, first synonym of each name).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ SEG_DATA_FORMS = (
 _VOID_NAMES = {"unlabelled", "unlabeled", "void", "ignore", "background-ignore"}
 PETS_TEST_FRACTION = 0.2
 PETS_SPLIT_SEED = 0
+ADE20K_CLASSES = 150
+_ADE_NAMES = Path(__file__).resolve().parents[1] / "data" / "ade20k_classes.txt"
 
 
 @dataclass
@@ -169,6 +175,9 @@ def _ade_folder(root: Path, split: str, tag: str, num_classes: int | None,
         have = sorted(d.name for d in (root / "images").iterdir() if d.is_dir())
         raise DataError(f"'{root}/images' has no split for '{split}' (found: {', '.join(have) or 'none'})")
     folder = names[0]
+    if not (root / "annotations" / folder).is_dir():
+        raise DataError(f"'{root}' has images/{folder}/ but no annotations/{folder}/; the ADE20K layout pairs "
+                        f"images/{folder}/<stem>.jpg with annotations/{folder}/<stem>.png")
     images = sorted(str(p) for p in (root / "images" / folder).iterdir()
                     if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     ann_dir = root / "annotations" / folder
@@ -188,6 +197,9 @@ def _ade_folder(root: Path, split: str, tag: str, num_classes: int | None,
         lut[255] = IGNORE_INDEX
     for i in ignore_ids or ():
         lut[i] = IGNORE_INDEX
+    ade_names = _ade_challenge_names(root)
+    if num_classes is None and ade_names is not None:
+        num_classes = ADE20K_CLASSES
     if num_classes is None:
         seen = 0
         for m in masks:  # one pass over the annotations (state --num-classes to skip it)
@@ -198,10 +210,29 @@ def _ade_folder(root: Path, split: str, tag: str, num_classes: int | None,
     lut[(lut >= num_classes) & (lut != IGNORE_INDEX)] = IGNORE_INDEX
     class_file = root / "classes.txt"
     classes = [line.strip() for line in class_file.read_text().splitlines() if line.strip()] \
-        if class_file.is_file() else [str(i) for i in range(num_classes)]
+        if class_file.is_file() else ade_names if ade_names is not None and len(ade_names) == num_classes \
+        else [str(i) for i in range(num_classes)]
     if len(classes) != num_classes:
         raise DataError(f"{class_file} names {len(classes)} classes but --num-classes is {num_classes}")
     return SegSplit(images, masks, classes, "train" if split == "train" else split, tag, lut=lut)
+
+
+def _ade_challenge_names(root: Path) -> list[str] | None:
+    """The 150 class names when ``root`` is ADEChallengeData2016 (None otherwise): from its
+    ``objectInfo150.txt`` (tab-separated Idx, Ratio, Train, Val, Name; the first synonym of
+    Name), else from the stored copy of that file."""
+    info = root / "objectInfo150.txt"
+    if not info.is_file() and root.name != "ADEChallengeData2016":
+        return None
+    if info.is_file():
+        rows = [line.split("\t") for line in info.read_text().splitlines()[1:] if line.strip()]
+        names = [r[-1].strip() for r in rows]
+        if len(names) != ADE20K_CLASSES:
+            raise DataError(f"{info} lists {len(names)} classes, not ADE20K's {ADE20K_CLASSES}; restore the "
+                            "dataset's own file or remove it")
+    else:
+        names = [n for n in _ADE_NAMES.read_text().splitlines() if n.strip() and not n.startswith("#")]
+    return [n.split(",")[0].strip() for n in names]
 
 
 class SegTensors(Dataset):

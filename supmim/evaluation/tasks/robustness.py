@@ -1,5 +1,6 @@
 """``eval robustness``: accuracy under ImageNet-C-style corruptions of a split, mCE against
-a baseline, and accuracy on the ImageNet variants (-A, -R, -Sketch, -V2)."""
+a baseline, an ImageNet-C folder as published (mCE against AlexNet), and accuracy on the
+ImageNet variants (-A, -R, -Sketch, -V2) in their folder layouts."""
 
 from __future__ import annotations
 
@@ -13,18 +14,15 @@ import numpy as np
 import torch
 
 from supmim.data import cache_root, channel_stats, stratified_subset
-from supmim.evaluation.classify import classify, resolve_class_map
+from supmim.evaluation.classify import resolve_class_map
 from supmim.evaluation.common import EvaluationError, Timer, make_result
-from supmim.evaluation.datasets import eval_transform, load_split
-from supmim.evaluation.features import make_loader
+from supmim.evaluation.datasets import eval_transform
 from supmim.evaluation.loading import LoadedModel, load_model
-from supmim.evaluation.robustness import (CORRUPTIONS, SEVERITIES, VARIANT_CLASSES, clean_images,
+from supmim.evaluation.robustness import (CORRUPTIONS, SEVERITIES, clean_images,
                                           corruption_accuracies, corruption_cache_key, corruption_functions,
                                           mce, split_transform)
 from supmim.evaluation.tasks._common import TaskOptions, get_split, prepare
-
-VARIANTS_NOTE = ("the model's head; for a dataset with a subset of its classes "
-                 "(ImageNet-A/-R: 200 of 1000) the argmax is over that subset's logits only")
+from supmim.evaluation.tasks.imagenet_folders import imagenet_c_scores, variant_scores, variants_note
 
 
 @dataclass(kw_only=True)
@@ -38,15 +36,18 @@ class RobustnessOptions(TaskOptions):
     seed: int = 0  # seed of the subset and of the corruptions
     baseline: str | None = None  # reference for mCE: a robustness result JSON or a MODEL
     variants: Sequence[str] = ()  # "NAME=PATH" texts: imagenet-a, -r, -sketch or -v2 folders
+    imagenet_c: str | None = None  # an ImageNet-C folder: <corruption>/<severity>/<wnid>/
+    imagenet_c_reference: str = "alexnet"  # mCE normaliser: alexnet, none, or a JSON table / result
     use_cache: bool = True  # cache corrupted images
     checkpoint: str = "last"  # a baseline run directory: which checkpoint
     weights: str = "auto"  # a baseline run directory: EMA or raw weights
 
 
 def require_input(data: str | None, options: RobustnessOptions) -> None:
-    """There must be something to evaluate: ``data`` (its corruptions) and/or variants."""
-    if not data and not options.variants:
-        raise EvaluationError("give --data (corruptions of its --split) and/or --variant NAME=PATH")
+    """There must be something to evaluate: ``data`` (its corruptions), ImageNet-C, variants."""
+    if not data and not options.variants and not options.imagenet_c:
+        raise EvaluationError("give --data (corruptions of its --split), --imagenet-c PATH and/or "
+                              "--variant NAME=PATH")
 
 
 def run_robustness(model: LoadedModel, data: str | None, options: RobustnessOptions, *,
@@ -72,13 +73,17 @@ def run_robustness(model: LoadedModel, data: str | None, options: RobustnessOpti
             metrics[f"severity {s} top-1"] = acc
         if options.baseline:
             _add_mce(scores, baseline_scores(data, options, protocol, device), metrics, details, lower)
+    if options.imagenet_c:
+        tag = "imagenet-c" if not data else tag
+        _add_imagenet_c(model, options, device, metrics, details, protocol, lower)
     for text in options.variants:
         name, _, path = text.partition("=")
-        top1, info = variant_scores(model, name, path, options, device)
+        top1, info = variant_scores(model, name, path, batch_size=options.batch_size, workers=options.workers,
+                                    cache_dir=options.cache_dir, device=device)
         metrics[f"{name} top-1"] = top1
         details.setdefault("variants", {})[name] = info
     if options.variants:
-        protocol["variants"] = VARIANTS_NOTE
+        protocol["variants"] = variants_note([t.partition("=")[0] for t in options.variants])
     return make_result("robustness", f"robustness | {tag}", model=model.describe(), data=data_section,
                        protocol=protocol, metrics=metrics, details=details, seconds=timer.seconds(),
                        lower_is_better=lower)
@@ -88,7 +93,9 @@ def result_tag(result: dict[str, Any], options: RobustnessOptions) -> str:
     """``<data>-<split>-corrupted`` or ``variants``: the ``<tag>`` of the default
     ``MODEL/eval/robustness-<tag>.json``."""
     data = result["data"]
-    return f"{data['tag']}-{data['split']}-corrupted" if data else "variants"
+    if data:
+        return f"{data['tag']}-{data['split']}-corrupted"
+    return "imagenet-c" if options.imagenet_c else "variants"
 
 
 def _add_mce(scores: dict[str, Any], ref: dict[str, Any], metrics: dict[str, float],
@@ -102,6 +109,22 @@ def _add_mce(scores: dict[str, Any], ref: dict[str, Any], metrics: dict[str, flo
             metrics[name] = m[key]
             lower.append(name)
     details["mce"] = {**m, "baseline": ref["source"]}
+
+
+def _add_imagenet_c(model: LoadedModel, options: RobustnessOptions, device: torch.device,
+                    metrics: dict[str, float], details: dict[str, Any], protocol: dict[str, Any],
+                    lower: list[str]) -> None:
+    """The ImageNet-C folder's scores, into the result parts (None-valued numbers left out)."""
+    c = imagenet_c_scores(model, options.imagenet_c, reference=options.imagenet_c_reference,
+                          batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
+                          progress=options.progress, device=device)
+    for key, name in (("top1", "imagenet-c top-1"), ("mCE", "imagenet-c mCE"),
+                      ("unnormalised_mCE", "imagenet-c unnormalised mCE"), ("extra_top1", "imagenet-c extra top-1")):
+        if c[key] is not None:
+            metrics[name] = c[key]
+            lower += [name] if "mCE" in key else []
+    protocol["imagenet_c"] = c.pop("protocol")
+    details["imagenet_c"] = c
 
 
 def _chosen_corruptions(options: RobustnessOptions) -> Sequence[str]:
@@ -192,21 +215,3 @@ def _baseline_from_json(path: Path, mine: dict[str, Any]) -> dict[str, Any]:
             raise EvaluationError(f"--baseline '{path}' was evaluated with {key}={theirs[key]}, this run "
                                   f"with {mine[key]}; evaluate both the same way")
     return out
-
-
-def variant_scores(model: LoadedModel, name: str, path: str, options: RobustnessOptions,
-                   device: torch.device) -> tuple[float, dict[str, Any]]:
-    """Top-1 on the ImageNet variant ``name`` (a folder of class folders at ``path``) and its details."""
-    if name not in VARIANT_CLASSES or not path:
-        raise EvaluationError(f"--variant '{name}={path}': use NAME=PATH with NAME one of "
-                              f"{', '.join(VARIANT_CLASSES)}")
-    split = load_split(path, "all", cache_dir=options.cache_dir)
-    if len(split.classes) != VARIANT_CLASSES[name]:
-        raise EvaluationError(f"{name} has {VARIANT_CLASSES[name]} classes but '{path}' has "
-                              f"{len(split.classes)} class folders; is it the right folder?")
-    class_map = resolve_class_map(model.num_classes, model.label_names, split.classes)
-    dataset = split.with_transform(eval_transform(model.data_config), model.in_chans)
-    loader = make_loader(dataset, options.batch_size, options.workers, device)
-    scores = classify(model.model, loader, class_map, device, progress=options.progress, desc=name)
-    return scores["top1"], {"path": path, "n": len(split), "top5": scores["top5"],
-                            "class_map": class_map.describe()}
