@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from supmim.data.readers.registry import ReadContext, ReadOptions, register_reader
+from supmim.data.readers.registry import (ALL_OPTIONS, ReadContext, ReadOptions, need_package,
+                                          register_reader)
 from supmim.data.source import DataSource, cache_root, split_source
 from supmim.data.streaming import OnBad, RawSample, SampleStream, StreamingImages, classes_of, survey
 from supmim.errors import DataError
@@ -46,16 +47,8 @@ BUILDERS = ("imagefolder", "parquet", "arrow", "csv", "json", "webdataset")
 IMAGE_NAMES = ("image", "img", "picture")
 LABEL_NAMES = ("label", "labels", "fine_label", "cls", "class", "target")
 TEST_SPLITS = ("test", "validation", "val")
-OPTIONS = ("test_data", "image_column", "label_column", "streaming")
-
-
 def _datasets() -> Any:
-    try:
-        import datasets
-    except ImportError as e:
-        raise DataError("reading a Hugging Face dataset needs `pip install datasets` "
-                        "(or supmim[data])") from e
-    return datasets
+    return need_package("datasets", "reading a Hugging Face dataset")
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -323,4 +316,4 @@ def _stream_splits(splits: dict[str, Any], test: Any, identity: str, ctx: ReadCo
 register_reader("huggingface", is_hf_folder, _read, order=20, in_archives=False,
                 options=("image_column", "label_column"))
 register_reader("huggingface-load", None, _read_spec, order=20, claims=is_hf_spec,
-                options=OPTIONS)
+                options=ALL_OPTIONS)

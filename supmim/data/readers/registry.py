@@ -20,16 +20,18 @@ Dispatch (:func:`resolve_data`):
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from supmim.data.source import IMAGE_EXTENSIONS, DataSource
 from supmim.errors import DataError
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "ALL_OPTIONS",
     "DEFAULT_ORDER",
     "Detect",
     "Load",
@@ -83,6 +85,19 @@ class ReadOptions:
     def given(self) -> list[str]:
         """The names of the options that are set."""
         return [f.name for f in fields(self) if getattr(self, f.name) not in (None, False)]
+
+
+#: every :class:`ReadOptions` field: what a reader that understands them all declares
+ALL_OPTIONS = tuple(f.name for f in fields(ReadOptions))
+
+
+def need_package(module: str, what: str) -> Any:
+    """``import module`` for a reader of the ``data`` extra, or a one-line DataError saying
+    that ``what`` needs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise DataError(f"{what} needs `pip install {module}` (or supmim[data])") from e
 
 
 @dataclass(frozen=True)

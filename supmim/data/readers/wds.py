@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from supmim.data.readers.registry import ReadContext, register_reader
+from supmim.data.readers.registry import ALL_OPTIONS, ReadContext, need_package, register_reader
 from supmim.data.readers.shards import INDEX, ShardDataset
 from supmim.data.source import DataSource, cache_root, split_source
 from supmim.data.streaming import OnBad, RawSample, SampleStream, StreamingImages, classes_of, survey
@@ -50,16 +50,8 @@ LABEL_FIELDS = ("label", "cls", "class", "labels", "target")
 _SPLIT = re.compile(r"^(train|val|validation|test)[-_.].*\.(tar|tar\.gz|tgz)$")
 _SCHEMES = ("pipe:", "http://", "https://")
 _BRACES = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
-OPTIONS = ("test_data", "image_column", "label_column", "streaming")
-
-
 def _need_webdataset() -> Any:
-    try:
-        import webdataset
-    except ImportError as e:
-        raise DataError("reading WebDataset shards needs `pip install webdataset` "
-                        "(or supmim[data])") from e
-    return webdataset
+    return need_package("webdataset", "reading WebDataset shards")
 
 
 # ------------------------------------------------------------------ members
@@ -324,6 +316,6 @@ def _read_folder(path: Path, ctx: ReadContext) -> DataSource:
 
 
 register_reader("webdataset-url", None, _read_spec, order=12, claims=is_wds_spec,
-                options=OPTIONS)
+                options=ALL_OPTIONS)
 register_reader("webdataset-folder", is_wds_folder, _read_folder, order=12, in_archives=False,
-                options=OPTIONS)
+                options=ALL_OPTIONS)
