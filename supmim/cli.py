@@ -185,6 +185,20 @@ def cmd_tokenizer_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_cache(args: argparse.Namespace) -> int:
+    from supmim.run.token_views import build_view_cache, check_cacheable
+    args.target = "vq"
+    cfg = check_cacheable(_config_from(args), args.out)
+    result = build_view_cache(cfg, cfg.mim.tokenizer or "", views=args.views, out=args.out,
+                              batch=args.batch, device=args.device, progress=not args.quiet)
+    print(f"view cache {args.out}: {result['images']} images x {result['views']} views of "
+          f"{result['tokens']} tokens, built in {result['seconds']:.1f} s on "
+          f"{result['device']} ({result['precision']}); {result['bytes']} bytes, "
+          f"{result['bytes_per_image']:.0f} per image. Train with --set "
+          f"mim.token_cache={args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from supmim.experiments.demo import run_demo
     run_demo(args.out, seeds=args.seeds, progress=not args.quiet)
@@ -256,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("tokenizer", help="VQ tokenizer commands: train, import, eval")
+    p = sub.add_parser("tokenizer", help="VQ tokenizer commands: train, import, eval, cache")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="train a VQ tokenizer whose grid matches the ViT's")
     _add_config_args(t)
@@ -298,6 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-batches", type=int, help="evaluate only this many batches of 64")
     t.add_argument("--json", help="also write the numbers to this JSON file")
     t.set_defaults(func=cmd_tokenizer_eval)
+
+    t = tsub.add_parser("cache", help="precompute the token ids of K augmented views per "
+                                      "training image (train with --set mim.token_cache=OUT)")
+    _add_config_args(t)
+    t.add_argument("--views", type=int, required=True,
+                   help="K: views per image; an epoch uses one, each is reused epochs/K times")
+    t.add_argument("--out", required=True, help="folder to write views.safetensors into")
+    t.add_argument("--seed", type=int, help="the views' seed (default: train.seed)")
+    t.add_argument("--batch", type=int, default=256, help="views per tokenizer forward")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_tokenizer_cache)
 
     from supmim.export_cli import register as register_export
     register_export(sub)
@@ -343,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-depth", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
-    p.add_argument("--compile", action="store_true", help="torch.compile both loops")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default="auto",
+                   help="torch.compile the loops (train.compile); default auto: on for CUDA, "
+                        "off on the CPU")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--peak-tflops", type=float,
                    help="the device's peak (for the FLOPs utilisation) if not in the built-in table")

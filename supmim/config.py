@@ -67,6 +67,9 @@ class MimConfig:
     # usage on the CIFAR-10 5k subset, 0.65 dB under 4,000 steps on all of CIFAR-10 (BENCHMARKS 4.1)
     tokenizer_steps: int = 1000
     passes: int = 2  # 2: classifier on the clean image (the paper); 1: on the masked one (SupMAE)
+    # a view cache folder (`supmim tokenizer cache`): the VQ ids of K stored augmented views per
+    # training image; training replays the views and reads their ids, no tokenizer forward
+    token_cache: str | None = None
 
 
 @dataclass
@@ -100,6 +103,11 @@ class DataConfig:
     image_column: str | None = None  # Hugging Face image column / WebDataset image extension
     label_column: str | None = None  # Hugging Face label column / WebDataset label member or field
     streaming: bool = False  # read hf: / WebDataset sources front to back (supmim.data.streaming)
+    # "device": decode once into a uint8 tensor on the training device and augment batches
+    # there (supmim.data.device_loader); "workers": DataLoader workers; "auto": device where
+    # the data and its augmentation allow it (under data.device_max_mb), else workers
+    loader: str = "auto"
+    device_max_mb: int = 4096  # the largest decoded training + evaluation set "auto" keeps on the device
 
 
 @dataclass
@@ -133,7 +141,9 @@ class TrainConfig:
     # timm:NAME[@FILE.safetensors], hf-hub:ORG/NAME, local-dir:DIR (supmim.init_source)
     init_from: str | None = None
     layer_decay: float | None = None  # layer-wise lr decay (e.g. 0.65 for fine-tuning); None = off
-    compile: bool = False  # torch.compile the training forward
+    # torch.compile the clean pass, the masked pass + decoder and the frozen target
+    # (SupMimModel.compile_parts): "auto" (on for CUDA, off on the CPU), true or false
+    compile: bool | str = "auto"
     fsdp: bool = False  # FSDP2 (fully_shard per transformer block) instead of DDP under torchrun
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory)
     lock_wait: float = 0.0  # seconds to wait for another writer of the run directory to exit
@@ -161,8 +171,10 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "mim.token_loss": ("hard", "soft"),
     "mim.tokenizer_precision": ("auto", "fp32", "bf16"),
     "data.crop": ("pad", "rrc", "none"),
+    "data.loader": ("auto", "device", "workers"),
     "data.interpolation": ("bilinear", "bicubic", "nearest"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.compile": ("auto", True, False),
 }
 
 
@@ -200,6 +212,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError as err:
                 errors.append(str(err))
+        if key in CHOICES:  # e.g. train.compile: "auto", true or false
+            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {_choices(key)}")
         raise ConfigError(errors[0])
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -231,7 +245,19 @@ _HINTS = {
     "int": int, "float": float, "str": str, "bool": bool,
     "int | None": int | None, "float | None": float | None, "str | None": str | None,
     "list[float] | None": list[float] | None, "str | list[str]": str | list[str],
+    "bool | str": bool | str,
 }
+
+
+def _choices(key: str) -> str:
+    """``key``'s valid values as a user writes them (YAML's true/false for booleans)."""
+    return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[key])
+
+
+def compile_enabled(setting: bool | str, device: Any) -> bool:
+    """Whether ``train.compile`` (or ``supmim bench --compile``) is on for ``device`` (a
+    torch.device): "auto" compiles on CUDA only; true and false are kept as given."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def _resolve_hint(annotation: Any) -> Any:
@@ -338,7 +364,8 @@ def validate(cfg: RunConfig) -> None:
     for key, choices in {**CHOICES, "mim.target": target_names()}.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _check(value in choices, key, f"is {value!r}; choose one of {', '.join(map(str, choices))}")
+        shown = _choices(key) if key in CHOICES else ", ".join(map(str, choices))
+        _check(value in choices, key, f"is {value!r}; choose one of {shown}")
     m, k, d, t = cfg.model, cfg.mim, cfg.data, cfg.train
     _check(m.img_size > 0, "model.img_size", "must be positive")
     _check(m.patch_size > 0 and m.img_size % m.patch_size == 0, "model.patch_size",
@@ -370,6 +397,7 @@ def validate(cfg: RunConfig) -> None:
     _check(d.batch_size > 0, "data.batch_size", "must be positive")
     _check(d.eval_batch_size > 0, "data.eval_batch_size", "must be positive")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(d.device_max_mb >= 0, "data.device_max_mb", "must be >= 0 (MiB)")
     _check(0.0 <= d.hflip <= 1.0, "data.hflip", "must be a probability in [0, 1]")
     _check(0.0 <= d.re_prob <= 1.0, "data.re_prob", "must be a probability in [0, 1]")
     _check(0.0 < d.crop_pct <= 1.0, "data.crop_pct", "must be in (0, 1]")
@@ -408,3 +436,25 @@ def validate(cfg: RunConfig) -> None:
                "spaces, or null")
     _check(0.0 <= d.max_bad_fraction < 1.0, "data.max_bad_fraction",
            "must be in [0, 1) (0 = stop at the first unreadable file)")
+    if k.enabled and k.token_cache:
+        _check_token_cache(cfg)
+
+
+def _check_token_cache(cfg: RunConfig) -> None:
+    """What a view cache cannot serve: its ids describe stored crop / flip views of the
+    un-mixed images, as hard VQ token targets."""
+    k, d, t = cfg.mim, cfg.data, cfg.train
+    why = "mim.token_cache stores the crop and flip of each view, so"
+    _check(k.target == "vq", "mim.token_cache", f"holds VQ token ids; it needs mim.target=vq, "
+           f"not {k.target}")
+    _check(k.token_loss == "hard", "mim.token_loss", "must be hard with mim.token_cache (the "
+           "cache holds ids, not code distances)")
+    _check(not d.rand_augment, "data.rand_augment", f"cannot be replayed: {why} set "
+           "data.rand_augment=null or drop mim.token_cache")
+    _check(d.re_prob == 0.0, "data.re_prob", f"(random erasing) cannot be replayed: {why} "
+           "set data.re_prob=0 or drop mim.token_cache")
+    _check(t.mixup == 0.0 and t.cutmix == 0.0, "train.mixup",
+           "and train.cutmix must be 0 with mim.token_cache: they mix images before the MIM "
+           "target, so cached ids would not describe the input")
+    _check(not d.streaming, "data.streaming", "cannot be combined with mim.token_cache (a "
+           "cache is indexed by training position); drop one")

@@ -91,3 +91,45 @@ class SeededSample:
         random.setstate(py)
         np.random.set_state(npy)
         torch.set_rng_state(th)
+
+
+# Counter-based randomness for batched, on-device draws (the device-resident loader, the
+# token cache's view choice): a value is a hash of (key, counters), so a draw needs no
+# generator state and is the same whichever batch, process or device computes it.
+_M32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B  # a 27-bit odd multiplier: 32-bit value x 27-bit constant < 2^63, no overflow
+
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer on an int64 tensor holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * _MUL) & _M32
+    x = x ^ (x >> 16)
+    x = (x * _MUL) & _M32
+    return x ^ (x >> 16)
+
+
+def counter_hash(key: int, *counters: torch.Tensor | int) -> torch.Tensor:
+    """int64 values in [0, 2^32), elementwise over the broadcast ``counters`` (int tensors,
+    values below 2^32): a hash of the 63-bit ``key`` and the counters, on the counters'
+    device. Used as ``uniform``/``below``; distinct keys give unrelated streams."""
+    ref = next((c for c in counters if isinstance(c, torch.Tensor)), None)
+    device = ref.device if ref is not None else None
+    h = _fmix32(torch.tensor((key >> 32) & _M32, dtype=torch.int64, device=device))
+    h = _fmix32(h ^ (key & _M32))
+    for c in counters:
+        c = torch.as_tensor(c, dtype=torch.int64, device=device)
+        h = _fmix32(((h ^ (c & _M32)) + 0x9E3779B9) & _M32)
+    return h
+
+
+def uniform(key: int, *counters: torch.Tensor | int) -> torch.Tensor:
+    """float32 in [0, 1) from :func:`counter_hash` (24 random bits, exact in float32)."""
+    return (counter_hash(key, *counters) >> 8).float() * (1.0 / (1 << 24))
+
+
+def below(n: int, key: int, *counters: torch.Tensor | int) -> torch.Tensor:
+    """int64 in [0, n) from :func:`counter_hash` (multiply-shift; ``n`` < 2^31)."""
+    if not 0 < n < 1 << 31:
+        raise ValueError(f"below() needs 0 < n < 2^31, got {n}")
+    return (counter_hash(key, *counters) * n) >> 32

@@ -294,7 +294,7 @@ def test_a_killed_data_loader_worker_stops_cleanly_and_resumes(tmp_path, referen
     args = ["train", "--preset", "tiny-test", "--data", str(data), "--out", str(run),
             "--target", "pixel", "--quiet", "--epochs", "3", "--set", "data.batch_size=8",
             "--set", "data.val_fraction=0", "--set", "train.checkpoint_every=0",
-            "--set", "data.num_workers=1"]
+            "--set", "data.num_workers=1", "--set", "data.loader=workers"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True,
                            text=True, env={**env, "ARMED": "1"})

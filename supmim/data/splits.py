@@ -38,6 +38,9 @@ class RunData:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # the datasets carry build_train_transform / build_eval_transform of the run's config,
+    # so the device-resident loader (supmim.engine.device_loader) may stand in for them
+    resident: bool = False
 
 
 def split_indices(cfg: RunConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -139,4 +142,5 @@ def build_run_data(cfg: RunConfig, bad_log: Path | None = None, *,
                           "validation split is carved from train")
     return RunData(train=train, eval=val or test, eval_split="val" if val is not None
                    else src.test_split, test=test, test_split=src.test_split,
-                   classes=list(src.classes), mean=tuple(mean), std=tuple(std))
+                   classes=list(src.classes), mean=tuple(mean), std=tuple(std),
+                   resident=not train_as_eval)

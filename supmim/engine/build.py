@@ -4,7 +4,7 @@ sharded for FSDP, compiled), optimizer, schedule, EMA, masker, mixup and the loa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,28 +16,34 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from supmim.config import RunConfig
+from supmim.config import RunConfig, compile_enabled
 from supmim.data import EpochSampler
 from supmim.data.splits import RunData
 from supmim.data.streaming import StreamingImages
 from supmim.engine import dist
 from supmim.device import amp_dtype, grad_scaler
+from supmim.engine.device_loader import (DeviceEvalLoader, DeviceTrainLoader,
+                                        device_loader_refusal, resident, resident_eval)
 from supmim.engine.signals import quiet_worker
 from supmim.errors import ConfigError, TrainingError
 from supmim.models import SupMimModel, build_model, grid_of
-from supmim.models.masking import Masker, build_masker
+from supmim.models.masking import Masker, build_masker, num_masked
 from supmim.run import RunDir
 from supmim.targets import build_target, target_class
 
 
 @dataclass
 class Loaders:
-    train: DataLoader
+    """``train``/``eval``/``test`` are DataLoaders over worker processes, or the
+    device-resident loaders of :mod:`supmim.engine.device_loader` (``resident``)."""
+
+    train: Any
     sampler: EpochSampler | StreamingImages  # set_epoch(epoch, start) before each epoch
-    eval: DataLoader | None
-    test: DataLoader | None
+    eval: Any
+    test: Any
     local_batch: int  # this process's share of data.batch_size (one micro-batch)
     steps_per_epoch: int  # optimizer steps: loader batches // train.accum_steps
+    resident: bool = False
 
     def close(self) -> None:
         """Stop the persistent workers now. Left to interpreter exit they would hang it:
@@ -67,6 +73,9 @@ class TrainParts:
     # fp16's loss scaler (a pass-through for other precisions); its state is checkpointed
     scaler: torch.amp.GradScaler = field(
         default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
+    # mim.token_cache's views (supmim.data.views) on the training device: the step reads
+    # each sample's token ids from it instead of running the frozen tokenizer
+    token_views: Any = None
 
 
 def build_mim_target(cfg: RunConfig) -> nn.Module | None:
@@ -125,8 +134,33 @@ def build_loaders(cfg: RunConfig, data: RunData, device: torch.device) -> Loader
                           sampler=dist.ShardSampler(len(ds), dist.rank(), world), **common)
     evaluation = eval_loader(data.eval)
     test = eval_loader(data.test) if data.test is not data.eval else evaluation
-    return Loaders(train=train, sampler=sampler, eval=evaluation, test=test,
-                   local_batch=local_batch, steps_per_epoch=steps)
+    loaders = Loaders(train=train, sampler=sampler, eval=evaluation, test=test,
+                      local_batch=local_batch, steps_per_epoch=steps)
+    total = steps * cfg.train.epochs if not cfg.train.max_steps else cfg.train.max_steps
+    if device_loader_refusal(cfg, data, total) is None:
+        return resident_loaders(cfg, data, loaders, device)
+    return loaders
+
+
+def resident_loaders(cfg: RunConfig, data: RunData, loaders: Loaders,
+                     device: torch.device) -> Loaders:
+    """``loaders`` with the training set, and the evaluation sets whose transform decoding
+    reproduces, served from ``device`` (:mod:`supmim.engine.device_loader`)."""
+    d = cfg.data
+    assert isinstance(loaders.sampler, EpochSampler)
+    train = DeviceTrainLoader(resident(cfg, data.train, device), loaders.sampler,
+                              loaders.local_batch, seed=cfg.train.seed,
+                              pad=d.pad if d.crop == "pad" else 0, hflip=d.hflip,
+                              mean=data.mean, std=data.std)
+
+    def eval_loader(ds: Dataset | None, worker_loader: Any) -> Any:
+        if not resident_eval(cfg, ds):
+            return worker_loader
+        return DeviceEvalLoader(resident(cfg, ds, device), d.eval_batch_size, mean=data.mean,
+                                std=data.std, rank=dist.rank(), world=dist.world_size())
+    evaluation = eval_loader(data.eval, loaders.eval)
+    test = eval_loader(data.test, loaders.test) if data.test is not data.eval else evaluation
+    return replace(loaders, train=train, eval=evaluation, test=test, resident=True)
 
 
 def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_epoch: int, *,
@@ -136,6 +170,10 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
     ``init`` loads weights into the fresh encoder (``train.init_from``)."""
     t = cfg.train
     mixing = t.mixup > 0 or t.cutmix > 0
+    views = None
+    if cfg.mim.enabled and cfg.mim.token_cache:  # checked against the run before anything
+        from supmim.run.token_views import load_for_run
+        views = load_for_run(cfg, data, device)
     model = build_model(cfg, num_classes=len(data.classes), mean=data.mean, std=data.std,
                         target=build_mim_target(cfg), init=init)
     model.to(device)
@@ -151,8 +189,11 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
     elif dist.is_distributed():
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
-    if t.compile:
-        step_model = torch.compile(step_model)
+    if compile_enabled(t.compile, device):
+        # the parts, not step_model: see SupMimModel.compile_parts (step_model and `model`
+        # stay the eager modules, so state dicts and DDP's no_sync are unchanged)
+        model.compile_parts(num_masked(grid_of(model.encoder), cfg.mim.mask_ratio)
+                            if model.has_mim else None, dynamic=False)
     # fused AdamW (one kernel for all parameters, on GPUs and CPUs): its found_inf input
     # skips a non-finite step on the device (engine.step); timm's layer-decay groups use
     # SupMimModel.group_matcher (the encoder's blocks, under "encoder.")
@@ -170,7 +211,8 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
     ema = ModelEmaV3(model.encoder, decay=t.ema_decay) if t.ema else None
     return TrainParts(model=model, step_model=step_model, optimizer=optimizer,
                       scheduler=scheduler, ema=ema, masker=masker, mixup=mixup, fsdp=t.fsdp,
-                      scaler=grad_scaler(amp_dtype(t.amp, device), device))
+                      scaler=grad_scaler(amp_dtype(t.amp, device), device),
+                      token_views=views)
 
 
 def guarded_batches(loader: DataLoader, run: RunDir, group: int = 1) -> Iterator[list[Any]]:

@@ -36,7 +36,7 @@ from supmim.engine import dist
 from supmim.engine.build import (Loaders, TrainParts, build_loaders, build_parts,
                                  guarded_batches)
 from supmim.engine.evaluate import evaluate
-from supmim.engine.masked_loader import with_masks
+from supmim.engine.masked_loader import with_masks, with_views
 from supmim.engine.signals import StopRequest
 from supmim.engine.state import TrainState, full_states, new_accumulator, restore
 from supmim.engine.step import Batch, PendingSteps, StepRecord, TrainStep
@@ -98,6 +98,8 @@ class Trainer:
         init = self._init_from if cfg.train.init_from and not self.resume else None
         self.parts: TrainParts = build_parts(cfg, self.data, self.device,
                                              self.loaders.steps_per_epoch, init=init)
+        if self.parts.token_views is not None:  # replay mim.token_cache's stored views
+            self.loaders = with_views(self.loaders, self.parts.token_views)
         if self.parts.masker is not None and isinstance(self.loaders.sampler, EpochSampler):
             self.loaders = with_masks(self.loaders, self.parts.masker, cfg.train.seed)
         self.train_step_fn = TrainStep(self.parts, seed=cfg.train.seed,

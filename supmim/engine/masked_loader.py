@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from supmim.data import EpochSampler
 from supmim.engine.build import Loaders
+from supmim.engine.device_loader import DeviceTrainLoader
 from supmim.models.masking import Masker
 from supmim.seeds import mask_rng
 
-__all__ = ["EpochKeys", "MaskedItems", "with_masks"]
+__all__ = ["EpochKeys", "MaskedItems", "with_masks", "with_views"]
 
 
 class EpochKeys(Sampler[tuple[int, int, int]]):
@@ -57,15 +58,42 @@ class MaskedItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[Any, int, int, torch.Tensor]:
         position, sample_seed, epoch = key
-        image, label, index = self.base[(position, sample_seed)]
+        # a view replay (supmim.data.views.ViewReplay) needs the epoch too
+        image, label, index = self.base[key if getattr(self.base, "keyed_by_epoch", False)
+                                        else (position, sample_seed)]
         mask = self.masker(mask_rng(self.seed, epoch, index)).reshape(-1)
         return image, label, index, torch.from_numpy(mask)
 
 
 def with_masks(loaders: Loaders, masker: Masker, seed: int) -> Loaders:
-    """``loaders`` with a training loader whose batches carry their masks (B, N)."""
+    """``loaders`` with a training loader whose batches carry their masks (B, N) (the
+    device-resident loader draws them on the device itself)."""
     old = loaders.train
+    if isinstance(old, DeviceTrainLoader):
+        old.masker = masker
+        return loaders
     train = DataLoader(MaskedItems(old.dataset, masker, seed), batch_size=old.batch_size,
+                       sampler=EpochKeys(loaders.sampler), drop_last=old.drop_last,
+                       num_workers=old.num_workers, pin_memory=old.pin_memory,
+                       persistent_workers=old.persistent_workers,
+                       worker_init_fn=old.worker_init_fn)
+    return replace(loaders, train=train)
+
+
+def with_views(loaders: Loaders, views: Any) -> Loaders:
+    """``loaders`` with a training loader that replays ``views``' stored views (a
+    :class:`~supmim.data.views.ViewCache`) instead of drawing augmentations: the image of
+    each sample is the view whose token ids the step reads. Apply before :func:`with_masks`."""
+    from supmim.data.views import ViewReplay
+    from supmim.errors import ConfigError
+    old = loaders.train
+    if not isinstance(old, DataLoader):  # the device-resident loader replays on the device
+        if not hasattr(old, "views"):
+            raise ConfigError("mim.token_cache: this loader cannot replay cached views; set "
+                              "data.loader=workers")
+        old.views = views
+        return loaders
+    train = DataLoader(ViewReplay(old.dataset, views), batch_size=old.batch_size,
                        sampler=EpochKeys(loaders.sampler), drop_last=old.drop_last,
                        num_workers=old.num_workers, pin_memory=old.pin_memory,
                        persistent_workers=old.persistent_workers,

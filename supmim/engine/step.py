@@ -160,11 +160,15 @@ class TrainStep:
             mask = mask.to(self.device, non_blocking=True)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
+        cached: dict[str, Tensor] = {}
+        if p.token_views is not None and mask is not None:  # ids of this epoch's views
+            at = index.to(self.device, non_blocking=True)
+            cached["targets"] = p.token_views.ids_of(at, p.token_views.view_of(epoch, at))
         if p.mixup is not None:
             images, labels = p.mixup(images, labels)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):
-            return p.step_model(images, labels, mask, mim_seed=seeds.mim)
+            return p.step_model(images, labels, mask, mim_seed=seeds.mim, **cached)
 
     def _reduce(self, totals: Tensor, norm: Tensor, stop_asked: bool) -> Tensor:
         """(6,) on the device: ``totals`` (loss, loss_cls, loss_mim, mim_acc of this process)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from supmim.config import RunConfig, build_config
+from supmim.config import RunConfig, build_config, compile_enabled
 from supmim.device import amp_dtype, resolve_device
 from supmim.data.splits import RunData
 from supmim.engine.loop import Trainer
@@ -58,7 +58,7 @@ class BenchConfig:
     decoder_depth: int = 1
     device: str = "auto"
     amp: str = "auto"
-    compile: bool = False
+    compile: bool | str = "auto"  # train.compile: "auto" (CUDA only), true or false
     threads: int = 0
     peak_tflops: float | None = None
     data: str | None = None  # also time the data loader on this --data (real decoding)
@@ -202,7 +202,8 @@ def bench(b: BenchConfig) -> dict[str, Any]:
                        std=(0.25,) * chans)
         dtype = amp_dtype(b.amp, device)
         plain = _PlainLoop(cfg_sup, DataLoader(dataset, batch_size=b.batch, shuffle=True,
-                                               drop_last=True), device, dtype, b.compile)
+                                               drop_last=True), device, dtype,
+                           compile_enabled(b.compile, device))
         loops = {"plain": plain.run,
                  "trainer": lambda n, t=_trainer(cfg_sup, tmp_path / "sup", data): _trainer_run(t, n)}
         mim_trainer = None
@@ -230,7 +231,8 @@ def bench(b: BenchConfig) -> dict[str, Any]:
         name, peak = _peak(device, b.peak_tflops)
         result: dict[str, Any] = {
             "config": asdict(b), "device": name, "torch": torch.__version__,
-            "amp": str(dtype) if dtype else "off", "threads": torch.get_num_threads(),
+            "amp": str(dtype) if dtype else "off",
+            "compiled": compile_enabled(b.compile, device), "threads": torch.get_num_threads(),
             "sdpa": bool(getattr(plain.model.blocks[0].attn, "fused_attn", False)),
             "step_seconds": step, "step_seconds_rounds": times,
             "images_per_s": {k: b.batch / v for k, v in step.items()},

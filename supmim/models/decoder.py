@@ -47,7 +47,8 @@ class MimDecoder(nn.Module):
         if dropped:
             batch, dim = h.shape[0], h.shape[-1]
             full = h.new_zeros(batch, self.num_patches, dim)
-            idx = visible_indices(mask).unsqueeze(-1).expand(-1, -1, dim)
+            # N_vis is patches' own length: static shapes, no nonzero (nor a sync on CUDA)
+            idx = visible_indices(mask, patches.shape[1]).unsqueeze(-1).expand(-1, -1, dim)
             full = full.scatter(1, idx, patches)
             patches = torch.where(mask.unsqueeze(-1), self.mask_token.to(h.dtype), full)
         x = torch.cat([prefix, patches + self.pos_embed.to(h.dtype)], dim=1)

@@ -52,20 +52,27 @@ def grid_of(vit: VisionTransformer) -> tuple[int, int]:
     return int(gh), int(gw)
 
 
-def visible_indices(mask: Tensor) -> Tensor:
-    """``(B, N)`` bool mask (True = hidden, same count per row) -> ``(B, N_vis)`` sorted indices."""
+def visible_indices(mask: Tensor, num_visible: int | None = None) -> Tensor:
+    """``(B, N)`` bool mask (True = hidden, same count per row) -> ``(B, N_vis)`` sorted indices.
+
+    Given ``num_visible`` (= N_vis) the shape is static: a stable sort puts the visible
+    positions first in their own order, the same indices as ``nonzero`` without its
+    data-dependent shape (a torch.compile graph break, and a host sync on CUDA)."""
+    if num_visible is not None:
+        return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :num_visible]
     batch = mask.shape[0]
     return (~mask).nonzero(as_tuple=True)[1].view(batch, -1)
 
 
 def forward_masked(vit: VisionTransformer, images: Tensor, mask: Tensor,
-                   mask_token: Tensor | None) -> Tensor:
+                   mask_token: Tensor | None, num_masked: int | None = None) -> Tensor:
     """Encode a masked image.
 
     images: (B, C, H, W); mask: (B, N) bool, True = hidden.
     With ``mask_token`` (1, 1, D) (BEiT-style) hidden patch embeddings are replaced by it and
     the result is (B, P + N, D); without it (MAE-style) hidden patches are dropped after the
     position embedding and the result is (B, P + N_vis, D), where P = prefix (CLS/reg) tokens.
+    ``num_masked``: the hidden count of every row, when known (static shapes under compile).
     """
     x = vit.patch_embed(images)  # (B, N, D)
     if mask_token is not None:
@@ -74,7 +81,8 @@ def forward_masked(vit: VisionTransformer, images: Tensor, mask: Tensor,
     x = vit._pos_embed(x)  # (B, P + N, D), prefix tokens first
     if mask_token is None:
         prefix = vit.num_prefix_tokens
-        idx = visible_indices(mask).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        visible = None if num_masked is None else mask.shape[1] - num_masked
+        idx = visible_indices(mask, visible).unsqueeze(-1).expand(-1, -1, x.shape[-1])
         x = torch.cat([x[:, :prefix], torch.gather(x[:, prefix:], 1, idx)], dim=1)
     x = vit.norm_pre(x)
     if vit.grad_checkpointing and torch.is_grad_enabled():

@@ -12,7 +12,7 @@ Computing both in one ``forward`` keeps DDP at one forward per backward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,9 @@ class SupMimModel(nn.Module):
                              persistent=False)
         self.weight, self.passes = float(weight), int(passes)
         self.target = target
+        # compile_parts: compiled callables by method name, and the hidden count per row
+        self._compiled: dict[str, Callable[..., Any]] = {}
+        self._num_masked: int | None = None
         self.decoder: MimDecoder | None = None
         self.mask_token: nn.Parameter | None = None
         if target is None:
@@ -113,39 +116,78 @@ class SupMimModel(nn.Module):
         """Weights to checkpoint: encoder, decoder and mask token, not the frozen target."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("target.")}
 
+    def compile_parts(self, num_masked: int | None, **options: Any) -> None:
+        """``torch.compile`` the clean pass (encoder + classifier loss), the masked pass with
+        the decoder, and the frozen target, each on its own; ``num_masked`` is the hidden
+        count of every mask row (fixed by the masker), so the masked pass has static shapes.
+
+        Parts, not one compile of the whole forward: the MIM branch's ``fork_rng`` and
+        ``manual_seed(mim_seed)`` break the graph, and so does the loss's boolean indexing
+        (a whole-forward compile of the tiny-test model ends up as 9 graphs, the parts as 3,
+        each without a break), so the RNG fork stays plain eager code between compiled
+        graphs, the MIM branch's random numbers (drop-path) come from the forked generator,
+        and the clean pass is the same graph with and without MIM.
+        The compiled callables live in a plain dict, not as modules: state dict keys, DDP
+        and FSDP wrapping and the EMA copy of the encoder are those of the eager model. The
+        MIM loss on the hidden positions stays eager (boolean indexing, data-dependent)."""
+        self._num_masked = num_masked
+        names = ["_clean"] + (["mim_targets", "mim_predict", "_one_pass_parts"]
+                              if self.has_mim else [])
+        self._compiled = {name: torch.compile(getattr(self, name), **options) for name in names}
+
+    def _part(self, name: str) -> Callable[..., Any]:
+        """The compiled ``name`` after :meth:`compile_parts`, else the eager method."""
+        return self._compiled.get(name) or getattr(self, name)
+
     def unnormalize(self, images: Tensor) -> Tensor:
         """Normalised (B,C,H,W) -> [0, 1]."""
         return (images * self.std + self.mean).clamp(0.0, 1.0)
 
     def forward(self, images: Tensor, labels: Tensor, mask: Tensor | None = None,
-                mim_seed: int = 0) -> StepOutput:
-        """images (B,C,H,W) normalised; labels (B,) ids or (B,K) soft; mask (B,N) bool."""
+                mim_seed: int = 0, targets: Tensor | None = None) -> StepOutput:
+        """images (B,C,H,W) normalised; labels (B,) ids or (B,K) soft; mask (B,N) bool;
+        ``targets``: the MIM targets of these images (a view cache's (B,N) ids), used
+        instead of running the frozen target."""
         if self.has_mim and mask is not None and self.passes == 1:
-            return self._one_pass(images, labels, mask)
-        logits = self.encoder(images)
-        loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            return self._one_pass(images, labels, mask, targets)
+        logits, loss_cls = self._part("_clean")(images, labels)
         if not self.has_mim or mask is None:
             return StepOutput(loss=loss_cls, loss_cls=loss_cls, logits=logits)
         devices = [images.device.index or 0] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(mim_seed)
-            loss_mim, acc = self.mim_loss(images, mask)
+            loss_mim, acc = self.mim_loss(images, mask, targets)
         loss = loss_cls + self.weight * loss_mim
         return StepOutput(loss=loss, loss_cls=loss_cls, logits=logits, loss_mim=loss_mim,
                           mim_acc=acc)
 
-    def _one_pass(self, images: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+    def _clean(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The supervised pass on the clean image: logits and the classifier loss."""
+        logits = self.encoder(images)
+        return logits, F.cross_entropy(logits.float(), labels,
+                                       label_smoothing=self.label_smoothing)
+
+    def _one_pass(self, images: Tensor, labels: Tensor, mask: Tensor,
+                  targets: Tensor | None = None) -> StepOutput:
         """SupMAE-style: one encoder pass over the masked image feeds both the classifier
         (pooling the visible tokens) and the decoder; cheaper, but the classifier never sees
         a whole image in training."""
-        assert self.target is not None and self.decoder is not None
-        z = forward_masked(self.encoder, images, mask, self.mask_token)
-        logits = self.encoder.forward_head(z)
-        loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        pred = self.decoder(z, mask, dropped=self.mask_token is None)
-        loss_mim, acc = self.target.loss(pred, self.mim_targets(images), mask)
+        assert self.target is not None
+        logits, loss_cls, pred = self._part("_one_pass_parts")(images, labels, mask)
+        if targets is None:
+            targets = self._part("mim_targets")(images)
+        loss_mim, acc = self.target.loss(pred, targets, mask)
         return StepOutput(loss=loss_cls + self.weight * loss_mim, loss_cls=loss_cls,
                           logits=logits, loss_mim=loss_mim, mim_acc=acc)
+
+    def _one_pass_parts(self, images: Tensor, labels: Tensor, mask: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        """One masked encoder pass: logits, the classifier loss and the decoder's output."""
+        assert self.decoder is not None
+        z = forward_masked(self.encoder, images, mask, self.mask_token, self._num_masked)
+        logits = self.encoder.forward_head(z)
+        loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return logits, loss_cls, self.decoder(z, mask, dropped=self.mask_token is None)
 
     def mim_targets(self, images: Tensor) -> Tensor:
         """Frozen targets in float32 outside autocast: (B,N) ids or (B,N,D) values."""
@@ -156,11 +198,12 @@ class SupMimModel(nn.Module):
     def mim_predict(self, images: Tensor, mask: Tensor) -> Tensor:
         """(B,N,out_dim) decoder predictions for every patch of the masked image."""
         assert self.decoder is not None
-        z = forward_masked(self.encoder, images, mask, self.mask_token)
+        z = forward_masked(self.encoder, images, mask, self.mask_token, self._num_masked)
         return self.decoder(z, mask, dropped=self.mask_token is None)
 
-    def mim_loss(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    def mim_loss(self, images: Tensor, mask: Tensor, targets: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor | None]:
         """Loss on hidden positions only, and token accuracy there (None for regression)."""
         assert self.target is not None
-        target = self.mim_targets(images)
-        return self.target.loss(self.mim_predict(images, mask), target, mask)
+        target = self._part("mim_targets")(images) if targets is None else targets
+        return self.target.loss(self._part("mim_predict")(images, mask), target, mask)

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from supmim.errors import ConfigError
-from supmim.seeds import mask_rng
+from supmim.seeds import counter_hash, mask_rng, mix_seed
 
 
 def num_masked(grid: tuple[int, int], ratio: float) -> int:
@@ -109,3 +110,18 @@ def sample_masks(masker: Masker, indices: Sequence[int] | torch.Tensor, epoch: i
     idx = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
     masks = [masker(mask_rng(seed, epoch, i)).reshape(-1) for i in idx]
     return torch.from_numpy(np.stack(masks))
+
+
+_DEVICE_MASK_TAG = 0x3A5C
+
+
+def random_masks_on(count: int, n: int, seed: int, epoch: int, index: Tensor) -> Tensor:
+    """Random masks drawn on ``index``'s device: ``(B, N)`` bool, True = masked, exactly
+    ``count`` per row: the ``count`` patches whose counter hash of ``(seed, epoch, sample
+    index, patch)`` is smallest. A function of those values alone (no generator state, no
+    host read); not the same masks as :class:`RandomMasking` draws on the host."""
+    key = mix_seed(seed, epoch, _DEVICE_MASK_TAG)
+    noise = counter_hash(key, index[:, None], torch.arange(n, device=index.device)[None, :])
+    hidden = noise.argsort(dim=1, stable=True)[:, :count]
+    return torch.zeros(index.shape[0], n, dtype=torch.bool,
+                       device=index.device).scatter_(1, hidden, True)
