@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from supmim.experiments.bench import BenchConfig, bench, format_result
 from supmim.cli import main
 
@@ -19,6 +21,10 @@ def test_bench_reports_all_three_loops(tmp_path):
     # the MIM step does strictly more arithmetic than the plain one (decoder, masked pass)
     assert r["flops_per_step"]["trainer+mim"] > r["flops_per_step"]["plain"] > 0
     assert 0 < r["target_share_of_mim_step"] < 1
+    assert r["ratio_mim_over_sup_flops"] == (r["flops_per_step"]["trainer+mim"]
+                                             / r["flops_per_step"]["plain"])
+    assert r["mim_time_ratio_over_flop_ratio"] == pytest.approx(
+        r["ratio_mim_over_sup_step_time"] / r["ratio_mim_over_sup_flops"])
     assert "MIM / supervised step time" in format_result(r)
 
 
