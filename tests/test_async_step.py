@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from supmim.config import build_config
 from supmim.engine.build import guarded_batches
@@ -91,3 +92,39 @@ def test_the_loop_reads_only_on_logging_and_checkpoint_steps(tmp_path, reads, mo
         assert (n == 0) == (step not in read_after), (step, n)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["type"] == "train"] == [4, 8, 12, 16, 20, 24]
+
+
+class _Ops(TorchDispatchMode):
+    """Records the aten operators that run, and whether an index argument was boolean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name.startswith("index") and any(
+                isinstance(t, torch.Tensor) and t.dtype == torch.bool
+                for a in args if isinstance(a, (list, tuple)) for t in a):
+            name += "[bool]"
+        self.names[name] += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+def test_a_mim_step_has_no_data_dependent_shapes(tmp_path, mode):
+    """Hidden patches are gathered with static shapes: no ``nonzero`` or boolean index,
+    which on CUDA wait for the device to learn their output size (a host sync)."""
+    t = Trainer(_cfg(make_image_folder(tmp_path / "data"), f"mim.mode={mode}"),
+                tmp_path / "run", progress=False)
+    t.setup()
+    assert t.parts.model.num_masked is not None
+    batches = next(guarded_batches(t.loaders.train, t.run))
+    with _Ops() as ops:
+        t.train_step(batches, epoch=0, read=False)
+    assert ops.names["gather"] > 0 and ops.names["mse_loss"] > 0  # the MIM branch ran
+    dynamic = {n: c for n, c in ops.names.items()
+               if n in ("nonzero", "masked_select", "index[bool]", "index_put[bool]",
+                        "index_put_[bool]", "_index_put_impl_[bool]")}
+    assert not dynamic, dynamic

@@ -8,6 +8,7 @@ import torch
 from supmim.config import ModelConfig
 from supmim.models.masking import RandomMasking, sample_masks
 from supmim.models import SupMimModel, create_vit, forward_masked
+from supmim.models.encoder import gather_rows, hidden_indices
 from supmim.targets import build_target
 
 MODEL = ModelConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
@@ -57,6 +58,38 @@ def test_hidden_patches_never_reach_the_mim_prediction(mode):
     with torch.no_grad():  # ...while visible patches do matter
         c = model.mim_predict(images + torch.randn_like(images) * (1 - _patchwise(mask)), mask)
     assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_the_static_gather_picks_the_rows_a_boolean_index_picks():
+    mask = sample_masks(RandomMasking((4, 4), 0.75), range(6), epoch=0, seed=3)
+    x = torch.randn(6, 16, 5)
+    static = hidden_indices(mask, 12)
+    assert torch.equal(static, hidden_indices(mask))  # the nonzero fallback
+    assert torch.equal(gather_rows(x, static), x[mask].view(6, 12, 5))
+    assert torch.equal(gather_rows(x[..., 0], static), x[..., 0][mask].view(6, 12))
+
+
+@pytest.mark.parametrize("mode", ["drop", "mask_token"])
+@pytest.mark.parametrize("target", ["pixel", "vq"])
+def test_the_loss_is_the_same_with_a_known_hidden_count(mode, target):
+    """``num_masked`` (set by the trainer) only makes the shapes static: same loss, same
+    accuracy, same gradients as the nonzero path."""
+    model = make_model(mode, target=target).train()
+    images, _, mask = batch()
+    results = []
+    for count in (None, 8):
+        model.num_masked = count
+        model.zero_grad()
+        torch.manual_seed(0)
+        loss, acc = model.mim_loss(images, mask)
+        loss.backward()
+        results.append((loss.detach(), acc, [p.grad.clone() for p in model.parameters()
+                                             if p.grad is not None]))
+    (a, acc_a, grads_a), (b, acc_b, grads_b) = results
+    assert torch.equal(a, b) and (acc_a is None) == (acc_b is None)
+    assert acc_a is None or torch.equal(acc_a, acc_b)
+    assert len(grads_a) == len(grads_b) > 0
+    assert all(torch.equal(g, h) for g, h in zip(grads_a, grads_b))
 
 
 def test_drop_mode_encodes_only_visible_tokens():

@@ -7,7 +7,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from supmim.models.encoder import visible_indices
+from supmim.models.encoder import gather_rows, visible_indices
 
 
 class MimDecoder(nn.Module):
@@ -37,10 +37,13 @@ class MimDecoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "mask_token"}
 
-    def forward(self, z: Tensor, mask: Tensor, dropped: bool) -> Tensor:
+    def forward(self, z: Tensor, mask: Tensor, dropped: bool,
+                hidden: Tensor | None = None) -> Tensor:
         """z: (B, P + N_vis, E) if ``dropped`` else (B, P + N, E); mask: (B, N) bool.
 
-        Returns (B, N, out_dim) predictions for every patch (the loss picks the hidden ones).
+        Returns (B, N, out_dim) predictions for every patch, or with ``hidden`` (B, M) patch
+        indices (:func:`~supmim.models.encoder.hidden_indices`) (B, M, out_dim) for those
+        patches only: the loss needs no more, and the head's matmul shrinks to M rows.
         """
         h = self.embed(z)
         prefix, patches = h[:, :self.num_prefix], h[:, self.num_prefix:]
@@ -52,8 +55,10 @@ class MimDecoder(nn.Module):
             full = full.scatter(1, idx, patches)
             patches = torch.where(mask.unsqueeze(-1), self.mask_token.to(h.dtype), full)
         x = torch.cat([prefix, patches + self.pos_embed.to(h.dtype)], dim=1)
-        x = self.norm(self.blocks(x))
-        return self.head(x[:, self.num_prefix:])
+        x = self.blocks(x)[:, self.num_prefix:]
+        if hidden is not None:
+            x = gather_rows(x, hidden)  # norm and head act per token: pick before them
+        return self.head(self.norm(x))
 
 
 def _init_linear(module: nn.Module) -> None:

@@ -64,6 +64,24 @@ def visible_indices(mask: Tensor, num_visible: int | None = None) -> Tensor:
     return (~mask).nonzero(as_tuple=True)[1].view(batch, -1)
 
 
+def hidden_indices(mask: Tensor, num_hidden: int | None = None) -> Tensor:
+    """``(B, N)`` bool mask (True = hidden, same count per row) -> ``(B, M)`` sorted indices
+    of the hidden positions: the rows ``x[mask]`` picks, in its order, as a gather.
+
+    Given ``num_hidden`` (= M) the shape is static (a stable sort, no ``nonzero``): no
+    torch.compile graph break and no host sync on CUDA, unlike boolean indexing."""
+    if num_hidden is not None:
+        return torch.argsort(mask.to(torch.uint8), dim=1, descending=True,
+                             stable=True)[:, :num_hidden]
+    return mask.nonzero(as_tuple=True)[1].view(mask.shape[0], -1)
+
+
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x`` (B, N, ...) at positions ``index`` (B, M) of dim 1 -> (B, M, ...)."""
+    index = index.view(*index.shape, *([1] * (x.ndim - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, index)
+
+
 def forward_masked(vit: VisionTransformer, images: Tensor, mask: Tensor,
                    mask_token: Tensor | None, num_masked: int | None = None) -> Tensor:
     """Encode a masked image.

@@ -3,8 +3,8 @@
     images (B,C,H,W), labels (B,) or soft (B,num_classes)
      |- supervised: encoder(images) -> logits -> CE(labels)           (clean image)
      |- MIM:        target(images) -> (B,N) ids | (B,N,D) values      (frozen, no grad)
-                    forward_masked(encoder, images, mask) -> decoder -> (B,N,out_dim)
-                    CE / MSE on the hidden positions only
+                    forward_masked(encoder, images, mask) -> decoder -> (B,M,out_dim)
+                    CE / MSE on the M hidden positions only (gathered, static shapes)
     loss = CE_cls + weight * loss_mim
 
 Computing both in one ``forward`` keeps DDP at one forward per backward.
@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from supmim.models.decoder import MimDecoder
-from supmim.models.encoder import forward_masked, grid_of
+from supmim.models.encoder import forward_masked, gather_rows, grid_of, hidden_indices
 
 
 @dataclass
@@ -44,6 +44,11 @@ class SupMimModel(nn.Module):
     the decoder is initialised on a forked RNG seeded by ``init_seed``, so the supervised
     branch sees exactly the random numbers it would see without MIM: with weight 0 the
     encoder trains bit-for-bit like the baseline.
+
+    ``num_masked``: the hidden count of every mask row when the masker fixes it (the trainer
+    sets it). The hidden positions are then gathered with static shapes: no ``nonzero``, so
+    no host sync on CUDA and no graph break under ``torch.compile``; None falls back to
+    ``nonzero`` (masks from elsewhere, same count per row).
     """
 
     def __init__(self, encoder: VisionTransformer, *, mean: Sequence[float],
@@ -61,9 +66,9 @@ class SupMimModel(nn.Module):
                              persistent=False)
         self.weight, self.passes = float(weight), int(passes)
         self.target = target
-        # compile_parts: compiled callables by method name, and the hidden count per row
+        # compile_parts: compiled callables by method name
         self._compiled: dict[str, Callable[..., Any]] = {}
-        self._num_masked: int | None = None
+        self.num_masked: int | None = None
         self.decoder: MimDecoder | None = None
         self.mask_token: nn.Parameter | None = None
         if target is None:
@@ -122,16 +127,15 @@ class SupMimModel(nn.Module):
         count of every mask row (fixed by the masker), so the masked pass has static shapes.
 
         Parts, not one compile of the whole forward: the MIM branch's ``fork_rng`` and
-        ``manual_seed(mim_seed)`` break the graph, and so does the loss's boolean indexing
-        (a whole-forward compile of the tiny-test model ends up as 9 graphs, the parts as 3,
-        each without a break), so the RNG fork stays plain eager code between compiled
-        graphs, the MIM branch's random numbers (drop-path) come from the forked generator,
-        and the clean pass is the same graph with and without MIM.
+        ``manual_seed(mim_seed)`` break the graph, so the RNG fork stays plain eager code
+        between compiled graphs (each part one graph without a break), the MIM branch's
+        random numbers (drop-path) come from the forked generator, and the clean pass is the
+        same graph with and without MIM.
         The compiled callables live in a plain dict, not as modules: state dict keys, DDP
         and FSDP wrapping and the EMA copy of the encoder are those of the eager model. The
-        MIM loss on the hidden positions stays eager (boolean indexing, data-dependent)."""
-        self._num_masked = num_masked
-        names = ["_clean"] + (["mim_targets", "mim_predict", "_one_pass_parts"]
+        MIM loss is in the masked pass's graph: hidden positions are a static gather."""
+        self.num_masked = num_masked
+        names = ["_clean"] + (["mim_targets", "_masked_loss", "_one_pass_parts"]
                               if self.has_mim else [])
         self._compiled = {name: torch.compile(getattr(self, name), **options) for name in names}
 
@@ -172,22 +176,23 @@ class SupMimModel(nn.Module):
         """SupMAE-style: one encoder pass over the masked image feeds both the classifier
         (pooling the visible tokens) and the decoder; cheaper, but the classifier never sees
         a whole image in training."""
-        assert self.target is not None
-        logits, loss_cls, pred = self._part("_one_pass_parts")(images, labels, mask)
         if targets is None:
             targets = self._part("mim_targets")(images)
-        loss_mim, acc = self.target.loss(pred, targets, mask)
+        logits, loss_cls, loss_mim, acc = self._part("_one_pass_parts")(images, labels, mask,
+                                                                         targets)
         return StepOutput(loss=loss_cls + self.weight * loss_mim, loss_cls=loss_cls,
                           logits=logits, loss_mim=loss_mim, mim_acc=acc)
 
-    def _one_pass_parts(self, images: Tensor, labels: Tensor, mask: Tensor
-                        ) -> tuple[Tensor, Tensor, Tensor]:
-        """One masked encoder pass: logits, the classifier loss and the decoder's output."""
-        assert self.decoder is not None
-        z = forward_masked(self.encoder, images, mask, self.mask_token, self._num_masked)
+    def _one_pass_parts(self, images: Tensor, labels: Tensor, mask: Tensor, targets: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One masked encoder pass: logits, the classifier loss, the MIM loss and accuracy."""
+        assert self.decoder is not None and self.target is not None
+        z = forward_masked(self.encoder, images, mask, self.mask_token, self.num_masked)
         logits = self.encoder.forward_head(z)
         loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        return logits, loss_cls, self.decoder(z, mask, dropped=self.mask_token is None)
+        hidden = hidden_indices(mask, self.num_masked)
+        pred = self.decoder(z, mask, dropped=self.mask_token is None, hidden=hidden)
+        return (logits, loss_cls) + self.target.loss(pred, gather_rows(targets, hidden))
 
     def mim_targets(self, images: Tensor) -> Tensor:
         """Frozen targets in float32 outside autocast: (B,N) ids or (B,N,D) values."""
@@ -195,15 +200,27 @@ class SupMimModel(nn.Module):
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             return self.target(self.unnormalize(images.float()))
 
-    def mim_predict(self, images: Tensor, mask: Tensor) -> Tensor:
-        """(B,N,out_dim) decoder predictions for every patch of the masked image."""
+    def mim_predict(self, images: Tensor, mask: Tensor, hidden: Tensor | None = None
+                    ) -> Tensor:
+        """Decoder predictions for the masked image: (B,N,out_dim) for every patch, or
+        (B,M,out_dim) for the patches at ``hidden`` (B,M)."""
         assert self.decoder is not None
-        z = forward_masked(self.encoder, images, mask, self.mask_token, self._num_masked)
-        return self.decoder(z, mask, dropped=self.mask_token is None)
+        z = forward_masked(self.encoder, images, mask, self.mask_token, self.num_masked)
+        return self.decoder(z, mask, dropped=self.mask_token is None, hidden=hidden)
 
     def mim_loss(self, images: Tensor, mask: Tensor, targets: Tensor | None = None
                  ) -> tuple[Tensor, Tensor | None]:
-        """Loss on hidden positions only, and token accuracy there (None for regression)."""
+        """Loss on hidden positions only, and token accuracy there (None for regression);
+        ``targets`` (B,N[,D]) for every patch, or None to run the frozen target."""
         assert self.target is not None
         target = self._part("mim_targets")(images) if targets is None else targets
-        return self.target.loss(self._part("mim_predict")(images, mask), target, mask)
+        return self._part("_masked_loss")(images, mask, target)
+
+    def _masked_loss(self, images: Tensor, mask: Tensor, target: Tensor
+                     ) -> tuple[Tensor, Tensor | None]:
+        """The masked pass, the decoder at the M hidden patches and the target's loss
+        against ``target`` (B,N[,D]) gathered at the same patches."""
+        assert self.target is not None
+        hidden = hidden_indices(mask, self.num_masked)  # (B, M), row-major like x[mask]
+        pred = self.mim_predict(images, mask, hidden)
+        return self.target.loss(pred, gather_rows(target, hidden))

@@ -51,25 +51,26 @@ def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], in_chans
     return x.reshape(b, in_chans, gh * p, gw * p)
 
 
-def regression_loss(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, None]:
-    """Mean squared error on hidden positions: pred and target (B, N, D), mask (B, N) bool."""
-    return F.mse_loss(pred[mask].float(), target[mask].float()), None
+def regression_loss(pred: Tensor, target: Tensor) -> tuple[Tensor, None]:
+    """Mean squared error over hidden patches: pred and target (B, M, D) at the M hidden
+    positions of each image."""
+    return F.mse_loss(pred.float(), target.float()), None
 
 
-def token_loss(pred: Tensor, ids: Tensor, mask: Tensor, label_smoothing: float = 0.0
+def token_loss(pred: Tensor, ids: Tensor, label_smoothing: float = 0.0
                ) -> tuple[Tensor, Tensor]:
-    """Cross-entropy on hidden positions and the token accuracy there: pred (B, N, K)
-    logits, ids (B, N) int64, mask (B, N) bool."""
-    logits, ids = pred[mask].float(), ids[mask]  # (M, K), (M,): M hidden patches
+    """Cross-entropy over hidden patches and the token accuracy there: pred (B, M, K) logits
+    and ids (B, M) int64 at the M hidden positions of each image."""
+    logits, ids = pred.flatten(0, 1).float(), ids.flatten()  # (B*M, K), (B*M,)
     loss = F.cross_entropy(logits, ids, label_smoothing=label_smoothing)
     return loss, (logits.argmax(-1) == ids).float().mean().detach()
 
 
-def soft_token_loss(pred: Tensor, probs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Cross-entropy against a distribution over the K codes on hidden positions, and the
-    accuracy of the argmax against the distribution's mode: pred (B, N, K) logits, probs
-    (B, N, K), mask (B, N) bool."""
-    logits, p = pred[mask].float(), probs[mask].float()
+def soft_token_loss(pred: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy against a distribution over the K codes, and the accuracy of the argmax
+    against the distribution's mode: pred (B, M, K) logits and probs (B, M, K) at the M
+    hidden positions of each image."""
+    logits, p = pred.flatten(0, 1).float(), probs.flatten(0, 1).float()
     loss = F.cross_entropy(logits, p)
     return loss, (logits.argmax(-1) == p.argmax(-1)).float().mean().detach()
 
@@ -137,13 +138,14 @@ class MimTarget(nn.Module):
         """The targets for checked float32 images; see :meth:`forward`."""
         raise NotImplementedError
 
-    def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The MIM loss on hidden positions and, for token targets, the accuracy there.
+    def loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The MIM loss over hidden patches and, for token targets, the accuracy there.
 
-        pred (B, N, out_dim) decoder outputs, target what :meth:`forward` returned, mask
-        (B, N) bool (True = hidden). Returns (scalar float32 loss, scalar accuracy or None).
+        pred (B, M, out_dim) decoder outputs and target (B, M[, out_dim]) (rows of what
+        :meth:`forward` returned), both at the M hidden positions of each image (the joint
+        model gathers them). Returns (scalar float32 loss, scalar accuracy or None).
         """
-        return regression_loss(pred, target, mask)
+        return regression_loss(pred, target)
 
     @classmethod
     def options_from(cls, mim: Any) -> dict[str, Any]:

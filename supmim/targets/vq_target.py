@@ -99,11 +99,12 @@ class VQTarget(MimTarget):
                 "soft_temperature": mim.soft_temperature if soft else None,
                 "label_smoothing": 0.0 if soft else mim.label_smoothing}
 
-    def loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
-        """pred (B, N, K) logits; target (B, N) ids or (B, N, K) distributions."""
+    def loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
+        """pred (B, M, K) logits; target (B, M) ids or (B, M, K) distributions (M hidden
+        patches per image)."""
         if self.soft_temperature is None:
-            return token_loss(pred, target, mask, self.label_smoothing)
-        return soft_token_loss(pred, target, mask)
+            return token_loss(pred, target, self.label_smoothing)
+        return soft_token_loss(pred, target)
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, patch_size={self.patch_size}, "
