@@ -242,6 +242,23 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_NOTES = """\
+The three loops run on synthetic in-memory batches, interleaved over --rounds rounds; the
+ratios are medians of each round's ratio, printed with their range. Per loop it also prints
+page faults and kernel time per step, and MFU on GPUs.
+
+The trainer's speed options, and where each is measured:
+  train.compile=auto|true|false  torch.compile of the clean pass, the masked pass + decoder +
+      MIM loss and the frozen tokenizer; auto = on CUDA only (--compile / --no-compile here).
+  data.loader=auto|device|workers  decode data that fits (data.device_max_mb) once into a
+      uint8 tensor on the training device and crop, flip and mask there in batches; --data
+      here times the worker loader, benchmarks/loader_speed.py compares the two.
+  mim.token_cache=DIR  token ids of K augmented views per image, precomputed by
+      `supmim tokenizer cache`: the step runs no tokenizer; benchmarks/token_cache.py measures
+      the tokenizer's share of the step with and without it.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supmim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data_pack)
 
     p = sub.add_parser("bench", help="training-step throughput: plain loop vs trainer vs "
-                                     "trainer + MIM, side by side")
+                                     "trainer + MIM, side by side",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=BENCH_NOTES)
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm ViT name")
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--patch-size", type=int, default=4)

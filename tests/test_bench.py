@@ -17,7 +17,17 @@ def test_bench_reports_all_three_loops(tmp_path):
     r = bench(b)
     assert set(r["images_per_s"]) == {"plain", "trainer", "trainer+mim"}
     assert all(len(v) == 2 and min(v) > 0 for v in r["step_seconds_rounds"].values())
-    assert r["ratio_trainer_over_plain_throughput"] == r["step_seconds"]["plain"] / r["step_seconds"]["trainer"]
+    # ratios: the median of each round's ratio of the loops' times
+    t = r["step_seconds_rounds"]
+    assert r["ratio_rounds"]["trainer_over_plain_throughput"] == [
+        p / q for p, q in zip(t["plain"], t["trainer"])]
+    assert r["ratio_trainer_over_plain_throughput"] == pytest.approx(
+        sum(r["ratio_rounds"]["trainer_over_plain_throughput"]) / 2)
+    assert r["ratio_mim_over_sup_step_time"] == pytest.approx(
+        (t["trainer+mim"][0] / t["trainer"][0] + t["trainer+mim"][1] / t["trainer"][1]) / 2)
+    # page faults and kernel time per step are counted for every loop
+    assert set(r["minor_faults_per_step"]) == set(r["system_seconds_per_step"]) == set(t)
+    assert all(v >= 0 for v in r["minor_faults_per_step"].values())
     # the MIM step does strictly more arithmetic than the plain one (decoder, masked pass)
     assert r["flops_per_step"]["trainer+mim"] > r["flops_per_step"]["plain"] > 0
     assert 0 < r["target_share_of_mim_step"] < 1

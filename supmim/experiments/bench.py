@@ -7,14 +7,17 @@ drifting machine load hits them alike; each figure is the median round:
     trainer    supmim's own training loop (``Trainer.train_one_epoch``), MIM off
     trainer+mim  the same loop with the MIM branch (decoder + frozen target) on
 
-Reported: images/s of each, the ratios trainer/plain (framework overhead) and mim/trainer
-(the price of MIM), the target's (tokenizer's) share of the MIM step, peak GPU memory, and
-model FLOPs per step (``torch.utils.flop_counter``) with the FLOPs utilisation on GPUs whose
+Reported: images/s of each (median round), page faults and kernel time per step, the
+ratios trainer/plain (framework overhead) and mim/trainer (the price of MIM; each the median
+of the per-round ratios, with their range), the MIM/supervised FLOP ratio and the time ratio
+over it, the target's (tokenizer's) share of the MIM step, peak GPU memory, and model FLOPs
+per step (``torch.utils.flop_counter``) with the FLOPs utilisation on GPUs whose
 peak is known (or given with ``--peak-tflops``).
 """
 
 from __future__ import annotations
 
+import resource
 import statistics
 import tempfile
 import time
@@ -218,10 +221,21 @@ def bench(b: BenchConfig) -> dict[str, Any]:
             run(b.warmup)
             if device.type == "cuda":
                 peak_mem[name] = int(torch.cuda.max_memory_allocated(device))
+        faults: dict[str, list[float]] = {k: [] for k in loops}
+        system: dict[str, list[float]] = {k: [] for k in loops}
         for _ in range(b.rounds):
             for name, run in loops.items():
+                before = resource.getrusage(resource.RUSAGE_SELF)
                 times[name].append(run(b.steps) / b.steps)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                # the process's page faults (each a fresh, zeroed page) and kernel time
+                faults[name].append((after.ru_minflt - before.ru_minflt) / b.steps)
+                system[name].append((after.ru_stime - before.ru_stime) / b.steps)
         step = {k: statistics.median(v) for k, v in times.items()}
+        # ratios of the loops' times within each round, then their median: a round's loops
+        # run back to back, so load that drifts between rounds cancels (less spread than a
+        # ratio of the medians on a shared machine)
+        rounds = {"trainer_over_plain_throughput": _per_round(times["plain"], times["trainer"])}
         images, labels = dataset.images[: b.batch].to(device), dataset.labels[: b.batch].to(device)
         flops = {"plain": step_flops(lambda: plain.step(images, labels))}
         if mim_trainer is not None:
@@ -236,13 +250,19 @@ def bench(b: BenchConfig) -> dict[str, Any]:
             "sdpa": bool(getattr(plain.model.blocks[0].attn, "fused_attn", False)),
             "step_seconds": step, "step_seconds_rounds": times,
             "images_per_s": {k: b.batch / v for k, v in step.items()},
-            "ratio_trainer_over_plain_throughput": step["plain"] / step["trainer"],
+            "ratio_trainer_over_plain_throughput":
+                statistics.median(rounds["trainer_over_plain_throughput"]),
+            "ratio_rounds": rounds,
+            "minor_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
+            "system_seconds_per_step": {k: statistics.median(v) for k, v in system.items()},
             "flops_per_step": flops,
             "achieved_tflops": {k: flops[k] / step[k] / 1e12 for k in flops},
             "peak_memory_bytes": peak_mem or None,
         }
         if mim_trainer is not None:
-            result["ratio_mim_over_sup_step_time"] = step["trainer+mim"] / step["trainer"]
+            rounds["mim_over_sup_step_time"] = _per_round(times["trainer+mim"], times["trainer"])
+            result["ratio_mim_over_sup_step_time"] = statistics.median(
+                rounds["mim_over_sup_step_time"])
             # The supervised trainer step does the plain loop's arithmetic, so the plain
             # count is its FLOPs; issue 13's target is time ratio <= 1.05x this ratio.
             result["ratio_mim_over_sup_flops"] = flops["trainer+mim"] / flops["plain"]
@@ -257,6 +277,10 @@ def bench(b: BenchConfig) -> dict[str, Any]:
             result["peak_tflops"] = peak
             result["mfu"] = {k: v / peak for k, v in result["achieved_tflops"].items()}
         return result
+
+
+def _per_round(numerator: list[float], denominator: list[float]) -> list[float]:
+    return [a / b for a, b in zip(numerator, denominator)]
 
 
 def loader_throughput(b: BenchConfig, batches: int = 20) -> dict[str, Any]:
@@ -292,16 +316,23 @@ def format_result(r: dict[str, Any]) -> str:
              f"{c['batch']}, {r['device']}, amp {r['amp']}, {r['threads']} threads, "
              f"median of {c['rounds']} rounds x {c['steps']} steps"]
     for k, v in r["images_per_s"].items():
-        extra = ""
+        extra = (f", {r['minor_faults_per_step'][k]:.0f} page faults, "
+                 f"{1000 * r['system_seconds_per_step'][k]:.0f} ms system")
         if k in r["achieved_tflops"]:
-            extra = f", {r['achieved_tflops'][k]:.2f} TFLOP/s"
+            extra += f", {r['achieved_tflops'][k]:.2f} TFLOP/s"
             if "mfu" in r:
                 extra += f" (MFU {100 * r['mfu'][k]:.1f}%)"
         lines.append(f"  {k:12s} {v:9.1f} img/s  {1000 * r['step_seconds'][k]:8.1f} ms/step{extra}")
-    lines.append(f"  trainer / plain throughput: {r['ratio_trainer_over_plain_throughput']:.3f}")
+
+    def spread(key: str) -> str:
+        xs = r["ratio_rounds"][key]
+        return f" (rounds {min(xs):.3f}-{max(xs):.3f})" if len(xs) > 1 else ""
+    lines.append(f"  trainer / plain throughput: {r['ratio_trainer_over_plain_throughput']:.3f}"
+                 + spread("trainer_over_plain_throughput"))
     if "ratio_mim_over_sup_step_time" in r:
-        lines.append(f"  MIM / supervised step time: {r['ratio_mim_over_sup_step_time']:.3f}, "
-                     f"FLOPs {r['ratio_mim_over_sup_flops']:.3f}: time / FLOP ratio "
+        lines.append(f"  MIM / supervised step time: {r['ratio_mim_over_sup_step_time']:.3f}"
+                     f"{spread('mim_over_sup_step_time')}, FLOPs "
+                     f"{r['ratio_mim_over_sup_flops']:.3f}: time / FLOP ratio "
                      f"{r['mim_time_ratio_over_flop_ratio']:.3f}")
         lines.append(f"  MIM target (tokenizer) share of the MIM step: "
                      f"{100 * r['target_share_of_mim_step']:.1f}%")
