@@ -69,6 +69,7 @@ class MimConfig:
     passes: int = 2  # 2: classifier on the clean image (the paper); 1: on the masked one (SupMAE)
     # a view cache folder (`supmim tokenizer cache`): the VQ ids of K stored augmented views per
     # training image; training replays the views and reads their ids, no tokenizer forward
+    # (a run with MIM off, e.g. compare's baseline arm, replays the same views)
     token_cache: str | None = None
 
 
@@ -104,8 +105,9 @@ class DataConfig:
     label_column: str | None = None  # Hugging Face label column / WebDataset label member or field
     streaming: bool = False  # read hf: / WebDataset sources front to back (supmim.data.streaming)
     # "device": decode once into a uint8 tensor on the training device and augment batches
-    # there (supmim.data.device_loader); "workers": DataLoader workers; "auto": device where
-    # the data and its augmentation allow it (under data.device_max_mb), else workers
+    # there (supmim.engine.device_loader); "workers": DataLoader workers; "auto": device where
+    # the data and its augmentation allow it (under data.device_max_mb) and the run reads every
+    # training image at least once (so a 1-epoch or max_steps run may get workers), else workers
     loader: str = "auto"
     device_max_mb: int = 4096  # the largest decoded training + evaluation set "auto" keeps on the device
 
@@ -436,25 +438,27 @@ def validate(cfg: RunConfig) -> None:
                "spaces, or null")
     _check(0.0 <= d.max_bad_fraction < 1.0, "data.max_bad_fraction",
            "must be in [0, 1) (0 = stop at the first unreadable file)")
-    if k.enabled and k.token_cache:
+    if k.token_cache:
         _check_token_cache(cfg)
 
 
 def _check_token_cache(cfg: RunConfig) -> None:
-    """What a view cache cannot serve: its ids describe stored crop / flip views of the
-    un-mixed images, as hard VQ token targets."""
+    """What a view cache cannot serve: it stores crop / flip views, which every run on it
+    replays (a baseline arm too, so both arms see the same images), and a MIM run reads their
+    ids as hard VQ token targets of the un-mixed images."""
     k, d, t = cfg.mim, cfg.data, cfg.train
     why = "mim.token_cache stores the crop and flip of each view, so"
-    _check(k.target == "vq", "mim.token_cache", f"holds VQ token ids; it needs mim.target=vq, "
-           f"not {k.target}")
-    _check(k.token_loss == "hard", "mim.token_loss", "must be hard with mim.token_cache (the "
-           "cache holds ids, not code distances)")
+    if k.enabled:
+        _check(k.target == "vq", "mim.token_cache", f"holds VQ token ids; it needs "
+               f"mim.target=vq, not {k.target}")
+        _check(k.token_loss == "hard", "mim.token_loss", "must be hard with mim.token_cache "
+               "(the cache holds ids, not code distances)")
+        _check(t.mixup == 0.0 and t.cutmix == 0.0, "train.mixup",
+               "and train.cutmix must be 0 with mim.token_cache: they mix images before the "
+               "MIM target, so cached ids would not describe the input")
     _check(not d.rand_augment, "data.rand_augment", f"cannot be replayed: {why} set "
            "data.rand_augment=null or drop mim.token_cache")
     _check(d.re_prob == 0.0, "data.re_prob", f"(random erasing) cannot be replayed: {why} "
            "set data.re_prob=0 or drop mim.token_cache")
-    _check(t.mixup == 0.0 and t.cutmix == 0.0, "train.mixup",
-           "and train.cutmix must be 0 with mim.token_cache: they mix images before the MIM "
-           "target, so cached ids would not describe the input")
     _check(not d.streaming, "data.streaming", "cannot be combined with mim.token_cache (a "
            "cache is indexed by training position); drop one")

@@ -192,6 +192,8 @@ def test_a_cache_built_for_something_else_is_refused_in_one_line(world, tmp_path
     assert "model.img_size" in refusal("model.img_size=32")
     assert "a different training split" in refusal("data.train_samples=30")
     assert "mim.tokenizer" in refusal(tokenizer=_tokenizer(tmp_path / "other", 8, seed=1))
+    # ids computed in fp32 (the CPU's "auto") are not what a bf16 tokenizer gives
+    assert '("bf16" here, "fp32" in the cache)' in refusal("mim.tokenizer_precision=bf16")
     with pytest.raises(ConfigError, match="no view cache at"):
         Trainer(_cfg(data, tok, f"mim.token_cache={tmp_path}"), tmp_path / "r2",
                 progress=False).setup()
@@ -211,6 +213,34 @@ def test_what_a_cache_cannot_replay_is_refused(tmp_path, override, key, capsys):
                      "tiny-test", "--tokenizer", str(tmp_path), "--views", "2", "--out",
                      str(tmp_path / "c"), "--set", override]) == 2
         assert f"'{key}'" in capsys.readouterr().err
-    # ...and a baseline arm (no MIM) ignores the key, as compare's baseline does
-    build_config(preset="tiny-test", overrides=[f"mim.token_cache={tmp_path}", override,
-                                                "mim.enabled=false"])
+    # a baseline arm (compare's, or --no-mim) replays the same views: it refuses what cannot
+    # be replayed and takes what only the token ids rule out
+    baseline = [f"mim.token_cache={tmp_path}", override, "mim.enabled=false"]
+    if key in ("data.rand_augment", "data.re_prob"):
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            build_config(preset="tiny-test", overrides=baseline)
+    else:
+        build_config(preset="tiny-test", overrides=baseline)
+
+
+def test_both_arms_of_a_comparison_train_on_the_same_views(world, tmp_path):
+    """compare's baseline arm of a run on a cache (MIM off, all else equal) replays the
+    cached views too, with the default loader choice: both arms see the same images in the
+    same order, and only the MIM arm holds the ids."""
+    from supmim.engine.loop import Trainer
+    from supmim.experiments.compare import arm_config
+    data, tok, cache = world
+    cfg = _cfg(data, tok, f"mim.token_cache={cache}", "data.loader=auto")
+    batches, parts = {}, {}
+    for arm in ("baseline", "mim"):
+        t = Trainer(arm_config(cfg, arm, 0), tmp_path / arm, progress=False)
+        t.setup()
+        t.loaders.sampler.set_epoch(1)
+        batches[arm] = [b[:3] for b, _ in zip(t.loaders.train, range(3))]
+        parts[arm] = t.parts
+    for (a_img, a_lab, a_idx), (b_img, b_lab, b_idx) in zip(batches["baseline"], batches["mim"]):
+        assert torch.equal(a_img, b_img) and torch.equal(a_lab, b_lab)
+        assert torch.equal(a_idx, b_idx)
+    assert parts["baseline"].masker is None and parts["baseline"].token_views.ids is None
+    assert parts["mim"].token_views.ids is not None
+    assert parts["mim"].token_views.ids.dtype == torch.int16  # stored width on the device

@@ -171,7 +171,7 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
     t = cfg.train
     mixing = t.mixup > 0 or t.cutmix > 0
     views = None
-    if cfg.mim.enabled and cfg.mim.token_cache:  # checked against the run before anything
+    if cfg.mim.token_cache:  # checked against the run before anything; MIM off: views only
         from supmim.run.token_views import load_for_run
         views = load_for_run(cfg, data, device)
     model = build_model(cfg, num_classes=len(data.classes), mean=data.mean, std=data.std,

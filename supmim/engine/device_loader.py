@@ -2,8 +2,9 @@
 
 The training and evaluation images are decoded once (:mod:`supmim.data.resident`) onto the
 training device. A training batch is then a slice of the epoch's order, one gather for the
-pad-crop and flip, the normalisation, and (for a MIM run) its masks, all on the device: no
-worker processes, no per-image PIL work, no host-to-device copy of pixels.
+pad-crop and flip, the normalisation, and (for a MIM run) its masks, all on the device
+(random masks; block masks are drawn on the host, as on the workers): no worker processes,
+no per-image PIL work, no host-to-device copy of pixels.
 
 Order, crops, flips and masks are functions of ``(seed, epoch, position or index)``: the
 order is :class:`~supmim.data.EpochSampler`'s, so resuming mid-epoch, the process count and
@@ -106,7 +107,7 @@ def _train_refusal(cfg: RunConfig, data: RunData) -> str | None:
         return "data.rand_augment runs per image on the data-loader workers"
     if d.re_prob > 0:
         return "data.re_prob (random erasing) runs per image on the data-loader workers"
-    if cfg.mim.enabled and cfg.mim.token_cache:
+    if cfg.mim.token_cache:  # both arms of a comparison replay them (a baseline too)
         return "mim.token_cache views are replayed on the data-loader workers"
     return None
 

@@ -87,8 +87,8 @@ def with_views(loaders: Loaders, views: Any) -> Loaders:
     from supmim.data.views import ViewReplay
     from supmim.errors import ConfigError
     old = loaders.train
-    if not isinstance(old, DataLoader):  # the device-resident loader replays on the device
-        if not hasattr(old, "views"):
+    if not isinstance(old, DataLoader):  # a loader that would replay views itself
+        if not hasattr(old, "views"):  # (the device-resident one cannot: config refuses it)
             raise ConfigError("mim.token_cache: this loader cannot replay cached views; set "
                               "data.loader=workers")
         old.views = views

@@ -36,7 +36,8 @@ CHECKED = {"data": "data.data", "train_indices": "training split (data.val_fract
            "img_size": "model.img_size", "patch_size": "model.patch_size",
            "in_chans": "model.in_chans", "crop": "data.crop", "pad": "data.pad",
            "hflip": "data.hflip", "interpolation": "data.interpolation", "mean": "data.mean",
-           "std": "data.std", "tokenizer": "tokenizer (mim.tokenizer: its weights' sha256)"}
+           "std": "data.std", "tokenizer": "tokenizer (mim.tokenizer: its weights' sha256)",
+           "precision": "tokenizer precision (mim.tokenizer_precision on this device)"}
 
 
 def tokenizer_identity(tokenizer: str | Path | nn.Module) -> str:
@@ -69,15 +70,18 @@ def _train_indices(data: RunData) -> np.ndarray:
                       dtype=np.int64)
 
 
-def run_identity(cfg: RunConfig, data: RunData, tokenizer: str | Path | nn.Module) -> dict[str, Any]:
-    """What a run's views and ids depend on (the :data:`CHECKED` part of a cache's meta)."""
+def run_identity(cfg: RunConfig, data: RunData, tokenizer: str | Path | nn.Module | None
+                 ) -> dict[str, Any]:
+    """What a run's views (and, given ``tokenizer``, its ids) depend on: the :data:`CHECKED`
+    part of a cache's meta, but the ids' precision."""
     m, d = cfg.model, cfg.data
     idx = _train_indices(data)
-    return {"data": _data_name(d.data), "train_indices": hashlib.sha256(idx.tobytes()).hexdigest(),
+    views = {"data": _data_name(d.data), "train_indices": hashlib.sha256(idx.tobytes()).hexdigest(),
             "images": int(idx.size), "img_size": m.img_size, "patch_size": m.patch_size,
             "in_chans": m.in_chans, "crop": d.crop, "pad": d.pad, "hflip": d.hflip,
             "interpolation": d.interpolation, "mean": [float(x) for x in data.mean],
-            "std": [float(x) for x in data.std], "tokenizer": tokenizer_identity(tokenizer)}
+            "std": [float(x) for x in data.std]}
+    return views if tokenizer is None else {**views, "tokenizer": tokenizer_identity(tokenizer)}
 
 
 def check_cacheable(cfg: RunConfig, out: str | Path, *, tokenizer_path: bool = True
@@ -178,11 +182,15 @@ def build_view_cache(cfg: RunConfig, tokenizer: str | Path | nn.Module, *, views
 
 def load_for_run(cfg: RunConfig, data: RunData, device: torch.device) -> ViewCache:
     """The run's view cache (``mim.token_cache``) on ``device``; ConfigError in one line when
-    it was built for other data, augmentation, model grid or tokenizer."""
+    it was built for other data, augmentation or model grid, or (MIM on) another tokenizer
+    or precision. With MIM off (a baseline arm) only the views are loaded, to replay."""
     folder = str(cfg.mim.token_cache)
     cache = ViewCache.load(folder, seed=cfg.train.seed)
-    ours = run_identity(cfg, data, cfg.mim.tokenizer or "")
-    differ = [key for key in CHECKED if cache.meta.get(key) != ours[key]]
+    mim = cfg.mim.enabled
+    ours = run_identity(cfg, data, (cfg.mim.tokenizer or "") if mim else None)
+    if mim:  # the ids a live step would compute (build_view_cache records the same)
+        ours["precision"] = "bf16" if uses_bf16(cfg.mim.tokenizer_precision, device) else "fp32"
+    differ = [key for key in CHECKED if key in ours and cache.meta.get(key) != ours[key]]
     if cache.meta.get("format") != FORMAT or cache.meta.get("version") != VERSION:
         differ.insert(0, "format")
     if differ:
@@ -196,4 +204,4 @@ def load_for_run(cfg: RunConfig, data: RunData, device: torch.device) -> ViewCac
             f"for this run: `supmim tokenizer cache --data {cfg.data.data} --tokenizer "
             f"{cfg.mim.tokenizer} --views {cache.views} --out {folder}` with this run's "
             "--preset/--config/--set")
-    return cache.to(device)
+    return cache.to(device) if mim else cache.params_only().to(device)
