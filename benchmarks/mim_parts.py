@@ -38,7 +38,7 @@ from supmim.experiments.bench import BenchConfig, _random_tokenizer, run_config
 from supmim.metrics import step_flops
 from supmim.models.encoder import forward_masked, gather_rows, hidden_indices
 from supmim.models.factory import build_model
-from supmim.models.masking import build_masker, num_masked, sample_masks
+from supmim.models.masking import build_masker, sample_masks
 
 
 def main() -> None:
@@ -55,22 +55,22 @@ def main() -> None:
                         target=build_mim_target(cfg)).train()
     assert model.decoder is not None and model.target is not None
     grid = model.encoder.patch_embed.grid_size
-    model.num_masked = num_masked(grid, b.mask_ratio)  # as the trainer sets it
+    masker = build_masker(cfg.mim.masking, grid, b.mask_ratio)
+    count = masker.count  # passed with the mask, as the trainer does
     images = torch.randn(b.batch, 3, b.img_size, b.img_size)
     labels = torch.randint(0, 10, (b.batch,))
-    mask = sample_masks(build_masker(cfg.mim.masking, grid, b.mask_ratio),
-                        torch.arange(b.batch), 0, 0)
-    hidden = hidden_indices(mask, model.num_masked)
+    mask = sample_masks(masker, torch.arange(b.batch), 0, 0)
+    hidden = hidden_indices(mask, count)
     with torch.no_grad():
         targets = model.mim_targets(images)
-        tokens = forward_masked(model.encoder, images, mask, None, model.num_masked)
+        tokens = forward_masked(model.encoder, images, mask, None, count)
     tokens.requires_grad_(True)
 
     def clean() -> None:
         model._clean(images, labels)[1].backward()
 
     def masked() -> None:
-        forward_masked(model.encoder, images, mask, None, model.num_masked).sum().backward()
+        forward_masked(model.encoder, images, mask, None, count).sum().backward()
 
     def decoder() -> None:
         pred = model.decoder(tokens, mask, dropped=True, hidden=hidden)
@@ -80,7 +80,7 @@ def main() -> None:
         model.mim_targets(images)
 
     def joint() -> None:
-        model(images, labels, mask).loss.backward()
+        model(images, labels, mask, num_masked=count).loss.backward()
 
     parts = {"clean": clean, "masked": masked, "decoder": decoder, "tokenizer": tokenizer,
              "joint": joint}

@@ -119,7 +119,7 @@ def test_a_mim_step_has_no_data_dependent_shapes(tmp_path, mode):
     t = Trainer(_cfg(make_image_folder(tmp_path / "data"), f"mim.mode={mode}"),
                 tmp_path / "run", progress=False)
     t.setup()
-    assert t.parts.model.num_masked is not None
+    assert t.parts.masker is not None and t.parts.masker.count == 12  # of 16 patches
     batches = next(guarded_batches(t.loaders.train, t.run))
     with _Ops() as ops:
         t.train_step(batches, epoch=0, read=False)

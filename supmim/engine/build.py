@@ -27,7 +27,7 @@ from supmim.engine.device_loader import (DeviceEvalLoader, DeviceTrainLoader,
 from supmim.engine.signals import quiet_worker
 from supmim.errors import ConfigError, TrainingError
 from supmim.models import SupMimModel, build_model, grid_of
-from supmim.models.masking import Masker, build_masker, num_masked
+from supmim.models.masking import Masker, build_masker
 from supmim.run import RunDir
 from supmim.targets import build_target, target_class
 
@@ -189,12 +189,10 @@ def build_parts(cfg: RunConfig, data: RunData, device: torch.device, steps_per_e
     elif dist.is_distributed():
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
-    if model.has_mim:  # every mask row hides this many: static gathers, no host sync
-        model.num_masked = num_masked(grid_of(model.encoder), cfg.mim.mask_ratio)
     if compile_enabled(t.compile, device):
         # the parts, not step_model: see SupMimModel.compile_parts (step_model and `model`
         # stay the eager modules, so state dicts and DDP's no_sync are unchanged)
-        model.compile_parts(model.num_masked, dynamic=False)
+        model.compile_parts(dynamic=False)
     # fused AdamW (one kernel for all parameters, on GPUs and CPUs): its found_inf input
     # skips a non-finite step on the device (engine.step); timm's layer-decay groups use
     # SupMimModel.group_matcher (the encoder's blocks, under "encoder.")

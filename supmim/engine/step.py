@@ -166,9 +166,12 @@ class TrainStep:
             cached["targets"] = p.token_views.ids_of(at, p.token_views.view_of(epoch, at))
         if p.mixup is not None:
             images, labels = p.mixup(images, labels)
+        # the masker hides this many in every row: static gathers, no host sync
+        count = p.masker.count if p.masker is not None else None
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):
-            return p.step_model(images, labels, mask, mim_seed=seeds.mim, **cached)
+            return p.step_model(images, labels, mask, mim_seed=seeds.mim, num_masked=count,
+                                **cached)
 
     def _reduce(self, totals: Tensor, norm: Tensor, stop_asked: bool) -> Tensor:
         """(6,) on the device: ``totals`` (loss, loss_cls, loss_mim, mim_acc of this process)

@@ -45,10 +45,12 @@ class SupMimModel(nn.Module):
     branch sees exactly the random numbers it would see without MIM: with weight 0 the
     encoder trains bit-for-bit like the baseline.
 
-    ``num_masked``: the hidden count of every mask row when the masker fixes it (the trainer
-    sets it). The hidden positions are then gathered with static shapes: no ``nonzero``, so
-    no host sync on CUDA and no graph break under ``torch.compile``; None falls back to
-    ``nonzero`` (masks from elsewhere, same count per row).
+    ``num_masked`` (an argument of the MIM calls): the hidden count of every row of the
+    mask passed with it, which the trainer's masker fixes. The hidden positions are then
+    gathered with static shapes: no ``nonzero``, so no host sync on CUDA and no graph break
+    under ``torch.compile``. It must be the mask's count (rows are picked by a sort, not
+    checked: a check would read the mask on the host); None falls back to ``nonzero``, for
+    masks of any count that is the same in every row.
     """
 
     def __init__(self, encoder: VisionTransformer, *, mean: Sequence[float],
@@ -68,7 +70,6 @@ class SupMimModel(nn.Module):
         self.target = target
         # compile_parts: compiled callables by method name
         self._compiled: dict[str, Callable[..., Any]] = {}
-        self.num_masked: int | None = None
         self.decoder: MimDecoder | None = None
         self.mask_token: nn.Parameter | None = None
         if target is None:
@@ -121,10 +122,11 @@ class SupMimModel(nn.Module):
         """Weights to checkpoint: encoder, decoder and mask token, not the frozen target."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("target.")}
 
-    def compile_parts(self, num_masked: int | None, **options: Any) -> None:
+    def compile_parts(self, **options: Any) -> None:
         """``torch.compile`` the clean pass (encoder + classifier loss), the masked pass with
-        the decoder, and the frozen target, each on its own; ``num_masked`` is the hidden
-        count of every mask row (fixed by the masker), so the masked pass has static shapes.
+        the decoder and the MIM loss, and the frozen target, each on its own; the trainer
+        passes the masker's hidden count with every mask (``num_masked``), so the masked pass
+        has static shapes.
 
         Parts, not one compile of the whole forward: the MIM branch's ``fork_rng`` and
         ``manual_seed(mim_seed)`` break the graph, so the RNG fork stays plain eager code
@@ -134,7 +136,6 @@ class SupMimModel(nn.Module):
         The compiled callables live in a plain dict, not as modules: state dict keys, DDP
         and FSDP wrapping and the EMA copy of the encoder are those of the eager model. The
         MIM loss is in the masked pass's graph: hidden positions are a static gather."""
-        self.num_masked = num_masked
         names = ["_clean"] + (["mim_targets", "_masked_loss", "_one_pass_parts"]
                               if self.has_mim else [])
         self._compiled = {name: torch.compile(getattr(self, name), **options) for name in names}
@@ -148,19 +149,21 @@ class SupMimModel(nn.Module):
         return (images * self.std + self.mean).clamp(0.0, 1.0)
 
     def forward(self, images: Tensor, labels: Tensor, mask: Tensor | None = None,
-                mim_seed: int = 0, targets: Tensor | None = None) -> StepOutput:
-        """images (B,C,H,W) normalised; labels (B,) ids or (B,K) soft; mask (B,N) bool;
+                mim_seed: int = 0, targets: Tensor | None = None,
+                num_masked: int | None = None) -> StepOutput:
+        """images (B,C,H,W) normalised; labels (B,) ids or (B,K) soft; mask (B,N) bool with
+        ``num_masked`` True in every row (None: any count, found by ``nonzero``);
         ``targets``: the MIM targets of these images (a view cache's (B,N) ids), used
         instead of running the frozen target."""
         if self.has_mim and mask is not None and self.passes == 1:
-            return self._one_pass(images, labels, mask, targets)
+            return self._one_pass(images, labels, mask, targets, num_masked)
         logits, loss_cls = self._part("_clean")(images, labels)
         if not self.has_mim or mask is None:
             return StepOutput(loss=loss_cls, loss_cls=loss_cls, logits=logits)
         devices = [images.device.index or 0] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(mim_seed)
-            loss_mim, acc = self.mim_loss(images, mask, targets)
+            loss_mim, acc = self.mim_loss(images, mask, targets, num_masked)
         loss = loss_cls + self.weight * loss_mim
         return StepOutput(loss=loss, loss_cls=loss_cls, logits=logits, loss_mim=loss_mim,
                           mim_acc=acc)
@@ -172,25 +175,25 @@ class SupMimModel(nn.Module):
                                        label_smoothing=self.label_smoothing)
 
     def _one_pass(self, images: Tensor, labels: Tensor, mask: Tensor,
-                  targets: Tensor | None = None) -> StepOutput:
+                  targets: Tensor | None = None, num_masked: int | None = None) -> StepOutput:
         """SupMAE-style: one encoder pass over the masked image feeds both the classifier
         (pooling the visible tokens) and the decoder; cheaper, but the classifier never sees
         a whole image in training."""
         if targets is None:
             targets = self._part("mim_targets")(images)
-        logits, loss_cls, loss_mim, acc = self._part("_one_pass_parts")(images, labels, mask,
-                                                                         targets)
+        logits, loss_cls, loss_mim, acc = self._part("_one_pass_parts")(
+            images, labels, mask, targets, num_masked)
         return StepOutput(loss=loss_cls + self.weight * loss_mim, loss_cls=loss_cls,
                           logits=logits, loss_mim=loss_mim, mim_acc=acc)
 
-    def _one_pass_parts(self, images: Tensor, labels: Tensor, mask: Tensor, targets: Tensor
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def _one_pass_parts(self, images: Tensor, labels: Tensor, mask: Tensor, targets: Tensor,
+                        num_masked: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """One masked encoder pass: logits, the classifier loss, the MIM loss and accuracy."""
         assert self.decoder is not None and self.target is not None
-        z = forward_masked(self.encoder, images, mask, self.mask_token, self.num_masked)
+        z = forward_masked(self.encoder, images, mask, self.mask_token, num_masked)
         logits = self.encoder.forward_head(z)
         loss_cls = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        hidden = hidden_indices(mask, self.num_masked)
+        hidden = hidden_indices(mask, num_masked)
         pred = self.decoder(z, mask, dropped=self.mask_token is None, hidden=hidden)
         return (logits, loss_cls) + self.target.loss(pred, gather_rows(targets, hidden))
 
@@ -203,24 +206,26 @@ class SupMimModel(nn.Module):
     def mim_predict(self, images: Tensor, mask: Tensor, hidden: Tensor | None = None
                     ) -> Tensor:
         """Decoder predictions for the masked image: (B,N,out_dim) for every patch, or
-        (B,M,out_dim) for the patches at ``hidden`` (B,M)."""
+        (B,M,out_dim) for the patches at ``hidden`` (B,M), M = every row's hidden count."""
         assert self.decoder is not None
-        z = forward_masked(self.encoder, images, mask, self.mask_token, self.num_masked)
+        num_masked = None if hidden is None else hidden.shape[1]
+        z = forward_masked(self.encoder, images, mask, self.mask_token, num_masked)
         return self.decoder(z, mask, dropped=self.mask_token is None, hidden=hidden)
 
-    def mim_loss(self, images: Tensor, mask: Tensor, targets: Tensor | None = None
-                 ) -> tuple[Tensor, Tensor | None]:
+    def mim_loss(self, images: Tensor, mask: Tensor, targets: Tensor | None = None,
+                 num_masked: int | None = None) -> tuple[Tensor, Tensor | None]:
         """Loss on hidden positions only, and token accuracy there (None for regression);
-        ``targets`` (B,N[,D]) for every patch, or None to run the frozen target."""
+        ``targets`` (B,N[,D]) for every patch, or None to run the frozen target;
+        ``num_masked``: every row's hidden count, if known (see the class)."""
         assert self.target is not None
         target = self._part("mim_targets")(images) if targets is None else targets
-        return self._part("_masked_loss")(images, mask, target)
+        return self._part("_masked_loss")(images, mask, target, num_masked)
 
-    def _masked_loss(self, images: Tensor, mask: Tensor, target: Tensor
-                     ) -> tuple[Tensor, Tensor | None]:
+    def _masked_loss(self, images: Tensor, mask: Tensor, target: Tensor,
+                     num_masked: int | None) -> tuple[Tensor, Tensor | None]:
         """The masked pass, the decoder at the M hidden patches and the target's loss
         against ``target`` (B,N[,D]) gathered at the same patches."""
         assert self.target is not None
-        hidden = hidden_indices(mask, self.num_masked)  # (B, M), row-major like x[mask]
+        hidden = hidden_indices(mask, num_masked)  # (B, M), row-major like x[mask]
         pred = self.mim_predict(images, mask, hidden)
         return self.target.loss(pred, gather_rows(target, hidden))
