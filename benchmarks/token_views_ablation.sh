@@ -7,8 +7,9 @@
 #   arms:      fresh (the tokenizer in every step), k4, k8, k16 (--set mim.token_cache=...), per
 #              seed, all with the same loader (data.loader=$LOADER, default workers), two
 #              one-thread processes at a time, each resumable (--resume auto);
-#   table:     test top-1 and kNN top-1 (k = 20, supmim.experiments.verdict.knn_top1) per arm,
-#              mean +- std over seeds and the paired difference to fresh tokens.
+#   table:     benchmarks/token_views_table.py: test top-1 and kNN top-1 (k = 20,
+#              supmim.experiments.verdict.knn_top1) per arm, mean +- std over seeds and the
+#              paired difference to fresh tokens (it also reports a partial ablation).
 # Usage: benchmarks/token_views_ablation.sh OUT SEEDS...   (e.g. runs/token_views 0 1)
 #   env: ARCHIVE (cifar10_small_5k_1k_jpeg_q75.tar.gz), EPOCHS (15), VIEWS ("4 8 16"),
 #        JOBS (2), LOADER (workers), EXTRA (more flags for every `supmim` call)
@@ -65,40 +66,5 @@ done
 drain
 echo "training wall time: $(( $(date +%s) - start )) s"
 
-OMP_NUM_THREADS=$JOBS $PY - "$OUT" "$VIEWS" $SEEDS <<'EOF'
-import json, statistics, sys
-from pathlib import Path
-from supmim.experiments.verdict import knn_top1
-
-out, views, seeds = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
-arms = ["fresh"] + [f"k{k}" for k in views]
-rows = {}
-for arm in arms:
-    for s in seeds:
-        run = out / "runs" / f"{arm}_seed{s}"
-        summary = json.loads((run / "summary.json").read_text())
-        rows[arm, s] = {"test": summary["test"]["top1"], "knn": knn_top1(run),
-                        "step_s": summary["mean_step_seconds"]}
-
-def stat(xs):
-    return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs):.2f}" if len(xs) > 1 \
-        else f"{xs[0]:.2f}"
-
-print(f"\n{len(seeds)} seed(s): {', '.join(seeds)}")
-print("| arm | test top-1 (%) | kNN top-1 (%) | test - fresh | kNN - fresh | per seed (test / kNN) | step (s) |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-for arm in arms:
-    test = [rows[arm, s]["test"] for s in seeds]
-    knn = [rows[arm, s]["knn"] for s in seeds]
-    dt = [rows[arm, s]["test"] - rows["fresh", s]["test"] for s in seeds]
-    dk = [rows[arm, s]["knn"] - rows["fresh", s]["knn"] for s in seeds]
-    per = ", ".join(f"{rows[arm, s]['test']:.1f} / {rows[arm, s]['knn']:.1f}" for s in seeds)
-    step = statistics.mean(rows[arm, s]["step_s"] for s in seeds)
-    name = "fresh tokens" if arm == "fresh" else f"cache, K = {arm[1:]}"
-    print(f"| {name} | {stat(test)} | {stat(knn)} | "
-          f"{'' if arm == 'fresh' else stat(dt)} | {'' if arm == 'fresh' else stat(dk)} | "
-          f"{per} | {step:.3f} |")
-json.dump({f"{a}_seed{s}": v for (a, s), v in rows.items()},
-          open(out / "token_views_ablation.json", "w"), indent=2)
-EOF
+OMP_NUM_THREADS=$JOBS $PY benchmarks/token_views_table.py "$OUT" --views $VIEWS --seeds $SEEDS
 echo "wall time: $(( $(date +%s) - start )) s"
