@@ -76,11 +76,12 @@ def run_identity(cfg: RunConfig, data: RunData, tokenizer: str | Path | nn.Modul
     part of a cache's meta, but the ids' precision."""
     m, d = cfg.model, cfg.data
     idx = _train_indices(data)
-    views = {"data": _data_name(d.data), "train_indices": hashlib.sha256(idx.tobytes()).hexdigest(),
-            "images": int(idx.size), "img_size": m.img_size, "patch_size": m.patch_size,
-            "in_chans": m.in_chans, "crop": d.crop, "pad": d.pad, "hflip": d.hflip,
-            "interpolation": d.interpolation, "mean": [float(x) for x in data.mean],
-            "std": [float(x) for x in data.std]}
+    views = {"data": _data_name(d.data),
+             "train_indices": hashlib.sha256(idx.tobytes()).hexdigest(),
+             "images": int(idx.size), "img_size": m.img_size, "patch_size": m.patch_size,
+             "in_chans": m.in_chans, "crop": d.crop, "pad": d.pad, "hflip": d.hflip,
+             "interpolation": d.interpolation, "mean": [float(x) for x in data.mean],
+             "std": [float(x) for x in data.std]}
     return views if tokenizer is None else {**views, "tokenizer": tokenizer_identity(tokenizer)}
 
 
