@@ -8,17 +8,14 @@ Usage: .venv/bin/python benchmarks/target_ablation_table.py [ABLATION_DIR] [COMP
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
+from supmim.experiments.compare import format_stat, seed_stats
+
 
 def fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+    return format_stat(seed_stats(values) if values else None)
 
 
 def main() -> None:

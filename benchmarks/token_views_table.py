@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
+from supmim.experiments.compare import format_stat, seed_stats
 from supmim.experiments.verdict import knn_top1
 
 
 def fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+    return format_stat(seed_stats(values) if values else None)
 
 
 def main() -> None:

@@ -54,6 +54,17 @@ def seed_stats(values: list[float]) -> dict[str, float]:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
+def format_stat(stat: dict[str, float] | None, digits: int = 2,
+                expected: int | None = None) -> str:
+    """A :func:`seed_stats` result as ``mean +- std`` (the mean alone for one seed, "-" for
+    none), with ``(n=...)`` when it covers fewer seeds than ``expected``."""
+    if not stat:
+        return "-"
+    text = f"{stat['mean']:.{digits}f} +- {stat['std']:.{digits}f}" if stat["n"] > 1 \
+        else f"{stat['mean']:.{digits}f}"
+    return text if expected is None or stat["n"] == expected else f"{text} (n={stat['n']})"
+
+
 def _metric(summary: dict[str, Any], split: str, key: str = "top1") -> float | None:
     return summary.get(split, {}).get(key)
 

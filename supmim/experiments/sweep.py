@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from supmim.experiments.compare import run_arm, seed_stats  # noqa: F401 (run_arm: re-exported)
+from supmim.experiments.compare import format_stat, run_arm, seed_stats  # noqa: F401 (run_arm: re-exported)
 from supmim.experiments.launchers import (ArmSeed, Launcher, LocalLauncher, collect,
                                           recorded_jobs, run_arm_seed, run_state)
 from supmim.experiments.verdict import knn_top1  # noqa: F401 (re-exported)
@@ -221,14 +221,6 @@ def missing_runs(jobs: list[ArmSeed], done: dict[tuple[str, int], Any], out: Pat
     return missing
 
 
-def _fmt(stat: dict[str, float] | None, digits: int = 2, expected: int | None = None) -> str:
-    if not stat:
-        return "-"
-    text = f"{stat['mean']:.{digits}f} +- {stat['std']:.{digits}f}" if stat["n"] > 1 \
-        else f"{stat['mean']:.{digits}f}"
-    return text if expected is None or stat["n"] == expected else f"{text} (n={stat['n']})"
-
-
 def render_markdown(result: dict[str, Any]) -> str:
     keys = result.get("keys", list(result["grid"]))
     many = len(result.get("baselines", [])) > 1
@@ -243,11 +235,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         deltas = [f"{r[m]:+.2f}" if m in r else "-" for m in ("delta_test_top1", "delta_knn_top1")]
         minutes = f"{r['train_seconds']['mean'] / 60:.1f}" if "train_seconds" in r else "-"
         n = len(result["seeds"])
-        lines.append("| " + " | ".join([r["arm"]] + vals + [_fmt(r.get("test_top1"), expected=n),
-                                                           _fmt(r.get("knn_top1"), expected=n),
-                                                           *deltas,
-                                                           *([r.get("baseline", "-")] if many
-                                                             else []), minutes]) + " |")
+        stats = [format_stat(r.get("test_top1"), expected=n),
+                 format_stat(r.get("knn_top1"), expected=n)]
+        lines.append("| " + " | ".join([r["arm"]] + vals + stats + deltas
+                                       + ([r.get("baseline", "-")] if many else [])
+                                       + [minutes]) + " |")
     return "\n".join(lines + _missing_lines(result)) + "\n"
 
 
