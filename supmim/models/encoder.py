@@ -53,23 +53,19 @@ def grid_of(vit: VisionTransformer) -> tuple[int, int]:
 
 
 def visible_indices(mask: Tensor, num_visible: int | None = None) -> Tensor:
-    """``(B, N)`` bool mask (True = hidden, same count per row) -> ``(B, N_vis)`` sorted indices.
-
-    Given ``num_visible`` (= N_vis) the shape is static: a stable sort puts the visible
-    positions first in their own order, the same indices as ``nonzero`` without its
-    data-dependent shape (a torch.compile graph break, and a host sync on CUDA)."""
-    if num_visible is not None:
-        return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :num_visible]
-    batch = mask.shape[0]
-    return (~mask).nonzero(as_tuple=True)[1].view(batch, -1)
+    """``(B, N)`` bool mask (True = hidden, same count per row) -> ``(B, N_vis)`` sorted indices
+    of the visible positions (:func:`hidden_indices` of the inverted mask; static shape given
+    ``num_visible``)."""
+    return hidden_indices(~mask, num_visible)
 
 
 def hidden_indices(mask: Tensor, num_hidden: int | None = None) -> Tensor:
     """``(B, N)`` bool mask (True = hidden, same count per row) -> ``(B, M)`` sorted indices
     of the hidden positions: the rows ``x[mask]`` picks, in its order, as a gather.
 
-    Given ``num_hidden`` (= M) the shape is static (a stable sort, no ``nonzero``): no
-    torch.compile graph break and no host sync on CUDA, unlike boolean indexing."""
+    Given ``num_hidden`` (= M) the shape is static: a stable sort puts the hidden positions
+    first in their own order, the same indices as ``nonzero`` without its data-dependent
+    shape (a torch.compile graph break, and a host sync on CUDA)."""
     if num_hidden is not None:
         return torch.argsort(mask.to(torch.uint8), dim=1, descending=True,
                              stable=True)[:, :num_hidden]
@@ -100,8 +96,8 @@ def forward_masked(vit: VisionTransformer, images: Tensor, mask: Tensor,
     if mask_token is None:
         prefix = vit.num_prefix_tokens
         visible = None if num_masked is None else mask.shape[1] - num_masked
-        idx = visible_indices(mask, visible).unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        x = torch.cat([x[:, :prefix], torch.gather(x[:, prefix:], 1, idx)], dim=1)
+        kept = gather_rows(x[:, prefix:], visible_indices(mask, visible))  # (B, N_vis, D)
+        x = torch.cat([x[:, :prefix], kept], dim=1)
     x = vit.norm_pre(x)
     if vit.grad_checkpointing and torch.is_grad_enabled():
         x = checkpoint_seq(vit.blocks, x)  # the masked pass saves memory like the clean one
