@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from supmim.config_values import CHOICES, choices_text, coerce, parse_override
 from supmim.errors import ConfigError
 from supmim.init_source import check_init_from
 from supmim.presets import PRESETS  # also importable as supmim.config.PRESETS
@@ -165,21 +164,6 @@ class RunConfig:
         return asdict(self)
 
 
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "model.global_pool": ("token", "avg"),
-    "mim.masking": ("random", "block"),
-    "mim.mode": ("drop", "mask_token"),
-    "mim.passes": (1, 2),
-    "mim.token_loss": ("hard", "soft"),
-    "mim.tokenizer_precision": ("auto", "fp32", "bf16"),
-    "data.crop": ("pad", "rrc", "none"),
-    "data.loader": ("auto", "device", "workers"),
-    "data.interpolation": ("bilinear", "bicubic", "nearest"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.compile": ("auto", True, False),
-}
-
-
 def _section_types() -> dict[str, type]:
     return {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
 
@@ -200,72 +184,10 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(all_keys())}")
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a dataclass annotation (resolved from its string form)."""
-    hint = _resolve_hint(annotation)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as err:
-                errors.append(str(err))
-        if key in CHOICES:  # e.g. train.compile: "auto", true or false
-            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {_choices(key)}")
-        raise ConfigError(errors[0])
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return [_coerce(key, v, item) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if value is False and "off" in CHOICES.get(key, ()):
-            return "off"  # YAML 1.1 reads a bare `off` as false: `--set train.amp=off`
-        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-    raise ConfigError(f"config key '{key}' has an unsupported type {hint}")
-
-
-_HINTS = {
-    "int": int, "float": float, "str": str, "bool": bool,
-    "int | None": int | None, "float | None": float | None, "str | None": str | None,
-    "list[float] | None": list[float] | None, "str | list[str]": str | list[str],
-    "bool | str": bool | str,
-}
-
-
-def _choices(key: str) -> str:
-    """``key``'s valid values as a user writes them (YAML's true/false for booleans)."""
-    return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in CHOICES[key])
-
-
 def compile_enabled(setting: bool | str, device: Any) -> bool:
     """Whether ``train.compile`` (or ``supmim bench --compile``) is on for ``device`` (a
     torch.device): "auto" compiles on CUDA only; true and false are kept as given."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
-
-
-def _resolve_hint(annotation: Any) -> Any:
-    if isinstance(annotation, str):
-        return _HINTS[annotation]
-    return annotation
 
 
 def set_key(cfg: RunConfig, key: str, value: Any) -> None:
@@ -280,7 +202,7 @@ def set_key(cfg: RunConfig, key: str, value: Any) -> None:
     fmap = _field_map(section)
     if name not in fmap:
         raise _unknown(key)
-    setattr(section, name, _coerce(key, value, fmap[name].type))
+    setattr(section, name, coerce(key, value, fmap[name].type))
     if key == "data.train_samples":  # an explicit value is exact (see train_samples_cap)
         cfg.data.train_samples_cap = False
 
@@ -298,25 +220,6 @@ def apply_dict(cfg: RunConfig, values: dict[str, Any], where: str = "config") ->
             raise ConfigError(f"section '{section}' in {where} must be a mapping")
         for key, value in body.items():
             set_key(cfg, f"{section}.{key}", value)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)``; values are parsed as YAML scalars."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value, e.g. train.lr=3e-4")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML "
-                          f"({str(err).splitlines()[0]}); quote it, e.g. {key}='...'") from err
-    # YAML reads "3e-4" as a string (no dot): accept it as a number where a number is meant.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in "eE.") else int(value)
-        except ValueError:
-            pass
-    return key.strip(), value
 
 
 def build_config(preset: str | None = None, file: str | Path | None = None,
@@ -366,7 +269,7 @@ def validate(cfg: RunConfig) -> None:
     for key, choices in {**CHOICES, "mim.target": target_names()}.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        shown = _choices(key) if key in CHOICES else ", ".join(map(str, choices))
+        shown = choices_text(key) if key in CHOICES else ", ".join(map(str, choices))
         _check(value in choices, key, f"is {value!r}; choose one of {shown}")
     m, k, d, t = cfg.model, cfg.mim, cfg.data, cfg.train
     _check(m.img_size > 0, "model.img_size", "must be positive")
@@ -438,8 +341,35 @@ def validate(cfg: RunConfig) -> None:
                "spaces, or null")
     _check(0.0 <= d.max_bad_fraction < 1.0, "data.max_bad_fraction",
            "must be in [0, 1) (0 = stop at the first unreadable file)")
-    if k.token_cache:
-        _check_token_cache(cfg)
+    _check_token_cache(cfg)
+    _check_device_loader(cfg)
+
+
+def device_unbatchable(cfg: RunConfig) -> tuple[str, str] | None:
+    """``(key, why)`` of the first option the device-resident loader cannot batch (it pad-crops
+    and flips whole batches on the device), or None when every option can be batched."""
+    d = cfg.data
+    if d.streaming:
+        return "data.streaming", "reads shards as it goes; nothing is decoded onto the device"
+    if d.crop not in ("pad", "none"):
+        return "data.crop", f"is {d.crop}: it is not batched on the device (pad and none are)"
+    if d.rand_augment:
+        return "data.rand_augment", "runs per image on the data-loader workers"
+    if d.re_prob > 0:
+        return "data.re_prob", "(random erasing) runs per image on the data-loader workers"
+    if cfg.mim.token_cache:  # both arms of a comparison replay them (a baseline too)
+        return "mim.token_cache", "views are replayed on the data-loader workers"
+    return None
+
+
+def _check_device_loader(cfg: RunConfig) -> None:
+    """``data.loader=device`` with an option it cannot batch fails here, before any data is
+    read; ``auto`` falls back to the workers instead."""
+    found = device_unbatchable(cfg) if cfg.data.loader == "device" else None
+    if found is not None:
+        key, why = found
+        _check(False, key, f"{why}, so data.loader=device cannot serve it; set "
+               "data.loader=auto or workers, or change the option")
 
 
 def _check_token_cache(cfg: RunConfig) -> None:
@@ -447,15 +377,17 @@ def _check_token_cache(cfg: RunConfig) -> None:
     replays (a baseline arm too, so both arms see the same images), and a MIM run reads their
     ids as hard VQ token targets of the un-mixed images."""
     k, d, t = cfg.mim, cfg.data, cfg.train
+    if not k.token_cache:
+        return
     why = "mim.token_cache stores the crop and flip of each view, so"
     if k.enabled:
         _check(k.target == "vq", "mim.token_cache", f"holds VQ token ids; it needs "
                f"mim.target=vq, not {k.target}")
-        _check(k.token_loss == "hard", "mim.token_loss", "must be hard with mim.token_cache "
-               "(the cache holds ids, not code distances)")
+        _check(k.token_loss == "hard", "mim.token_loss", "must be hard with "
+               "mim.token_cache (the cache holds ids, not code distances)")
         _check(t.mixup == 0.0 and t.cutmix == 0.0, "train.mixup",
-               "and train.cutmix must be 0 with mim.token_cache: they mix images before the "
-               "MIM target, so cached ids would not describe the input")
+               "and train.cutmix must be 0 with mim.token_cache: they mix images before "
+               "the MIM target, so cached ids would not describe the input")
     _check(not d.rand_augment, "data.rand_augment", f"cannot be replayed: {why} set "
            "data.rand_augment=null or drop mim.token_cache")
     _check(d.re_prob == 0.0, "data.re_prob", f"(random erasing) cannot be replayed: {why} "

@@ -99,10 +99,13 @@ def test_auto_falls_back_and_device_refuses_what_it_cannot_batch(tmp_path):
     cpu = torch.device("cpu")
     assert not build_loaders(_cfg(data, **{"train.max_steps": 1}), run, cpu).resident
     assert not build_loaders(_cfg(data, **{"data.device_max_mb": 0}), run, cpu).resident
-    rrc = _cfg(data, **{"data.crop": "rrc", "data.loader": "device"})
-    with pytest.raises(ConfigError, match="data.crop=rrc"):
-        build_loaders(rrc, build_run_data(rrc), cpu)
-    assert not build_loaders(_cfg(data, **{"data.crop": "rrc"}), build_run_data(rrc), cpu).resident
+    for key, value in (("data.crop", "rrc"), ("data.rand_augment", "rand-m9-mstd0.5"),
+                       ("data.re_prob", 0.25), ("data.streaming", True),
+                       ("mim.token_cache", "views")):
+        with pytest.raises(ConfigError, match=rf"'{key}' .*data.loader=device cannot serve"):
+            _cfg(data, **{key: value, "data.loader": "device"})  # before any data is read
+    rrc = _cfg(data, **{"data.crop": "rrc"})
+    assert not build_loaders(rrc, build_run_data(rrc), cpu).resident
 
 
 def test_a_mim_run_on_the_device_path_resumes_exactly(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from supmim.config import RunConfig
+from supmim.config import RunConfig, device_unbatchable
 from supmim.data import EpochSampler
 from supmim.data.datasets import ImageDataset
 from supmim.data.resident import (ResidentImages, augment_batch, channels_first, crop_params,
@@ -98,18 +98,10 @@ class DeviceEvalLoader:
 
 
 def _train_refusal(cfg: RunConfig, data: RunData) -> str | None:
-    d = cfg.data
     if not data.resident or not isinstance(data.train, ImageDataset):
         return "the training data is not an indexed image dataset with the standard transforms"
-    if d.crop not in ("pad", "none"):
-        return f"data.crop={d.crop} is not batched on the device (pad and none are)"
-    if d.rand_augment:
-        return "data.rand_augment runs per image on the data-loader workers"
-    if d.re_prob > 0:
-        return "data.re_prob (random erasing) runs per image on the data-loader workers"
-    if cfg.mim.token_cache:  # both arms of a comparison replay them (a baseline too)
-        return "mim.token_cache views are replayed on the data-loader workers"
-    return None
+    found = device_unbatchable(cfg)
+    return None if found is None else " ".join(found)
 
 
 def resident_eval(cfg: RunConfig, ds: Any) -> bool:
@@ -121,7 +113,8 @@ def resident_eval(cfg: RunConfig, ds: Any) -> bool:
 def device_loader_refusal(cfg: RunConfig, data: RunData, steps: int) -> str | None:
     """Why this run does not use the device-resident loader (None: it does). ``steps``:
     optimizer steps the run will take. ``data.loader=device`` refuses only what cannot be
-    batched (a ConfigError); ``auto`` also leaves out data over ``data.device_max_mb`` and
+    batched (a ConfigError: options already in :func:`supmim.config.validate`, here the data
+    itself); ``auto`` also leaves out data over ``data.device_max_mb`` and
     runs too short to read every training image once (decoding would cost more than it
     saves)."""
     d = cfg.data
