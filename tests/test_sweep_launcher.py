@@ -23,7 +23,9 @@ from supmim.cli import build_parser, main  # noqa: E402
 from supmim.config import build_config  # noqa: E402
 from supmim.errors import ConfigError, Interrupted  # noqa: E402
 from supmim.experiments import launchers  # noqa: E402
-from supmim.experiments.launchers import ArmJob, parse_time, run_state  # noqa: E402
+from supmim.experiments import cluster  # noqa: E402
+from supmim.experiments.cluster import parse_time  # noqa: E402
+from supmim.experiments.launchers import ArmJob, run_state  # noqa: E402
 from supmim.run import RunDir  # noqa: E402
 
 TINY = ["--preset", "tiny-test", "--target", "pixel", "--set", "data.batch_size=8"]
@@ -110,7 +112,7 @@ def test_yaml_and_flags_end_up_in_the_sbatch_script(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="no srun on PATH"):  # no SLURM on this machine
         launchers.launcher_from_args(_args("--launcher", "submitit", "--launcher-config",
                                            str(config)), tmp_path / "sw")
-    monkeypatch.setattr(launchers.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(cluster.shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     launcher = launchers.launcher_from_args(
         _args("--launcher", "submitit", "--launcher-config", str(config),
