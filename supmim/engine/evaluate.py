@@ -37,3 +37,17 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     n, top1, top5, loss = dist.all_reduce_sum(totals.to(device)).tolist()
     n = max(n, 1.0)
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "n": int(n)}
+
+
+def evaluate_encoder(model: nn.Module, loader: DataLoader, device: torch.device,
+                     dtype: torch.dtype | None = None, *, fsdp: bool = False) -> dict[str, float]:
+    """:func:`evaluate` of ``model.encoder`` (a ``SupMimModel``'s). Under FSDP the root's own
+    parameters (patch embedding, head) are gathered first, as the encoder is then called
+    outside the root's forward."""
+    if not fsdp:
+        return evaluate(model.encoder, loader, device, dtype)
+    model.unshard()
+    try:
+        return evaluate(model.encoder, loader, device, dtype)
+    finally:
+        model.reshard()

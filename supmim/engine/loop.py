@@ -17,7 +17,6 @@ unreadable images are skipped and counted, and non-finite steps are skipped (up 
 from __future__ import annotations
 
 import copy
-import math
 import re
 import signal
 import sys
@@ -35,7 +34,7 @@ from supmim.device import amp_dtype, resolve_device
 from supmim.engine import dist
 from supmim.engine.build import (Loaders, TrainParts, build_loaders, build_parts,
                                  guarded_batches)
-from supmim.engine.evaluate import evaluate
+from supmim.engine.evaluate import evaluate, evaluate_encoder
 from supmim.engine.masked_loader import with_masks, with_views
 from supmim.engine.signals import StopRequest
 from supmim.engine.state import TrainState, full_states, new_accumulator, restore
@@ -388,7 +387,7 @@ class Trainer:
         remaining = (cfg.train.epochs * self.steps_per_epoch - self.step) * elapsed / steps_here
         stats = records[-1].stats if records else None
         bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats else "skip", img_s=f"{rate:.0f}",
-                        eta=_fmt_seconds(remaining), refresh=False)
+                        eta=tqdm.format_interval(remaining), refresh=False)
         if stats is not None and self.step % cfg.train.log_every == 0:
             self._log({"type": "train", "epoch": epoch + 1, "step": self.step,
                        "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": rate,
@@ -418,15 +417,8 @@ class Trainer:
         return self._eval_encoder(loader)
 
     def _eval_encoder(self, loader: Any) -> dict[str, float]:
-        """Evaluate the encoder; under FSDP the root's own parameters (patch embedding, head)
-        are gathered first, as the encoder is called outside the root's forward."""
-        if not self.parts.fsdp:
-            return evaluate(self.model.encoder, loader, self.device, self.dtype)
-        self.model.unshard()
-        try:
-            return evaluate(self.model.encoder, loader, self.device, self.dtype)
-        finally:
-            self.model.reshard()
+        return evaluate_encoder(self.model, loader, self.device, self.dtype,
+                                fsdp=self.parts.fsdp)
 
     def _finish(self) -> dict[str, Any]:
         """Final evaluation on val and test, callbacks, summary.json."""
@@ -460,9 +452,3 @@ class Trainer:
             self.run.write_summary(summary)
         return summary
 
-
-def _fmt_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
