@@ -23,11 +23,11 @@ from timm.models.vision_transformer import VisionTransformer
 
 from supmim.config import RunConfig, save_config
 from supmim.errors import CheckpointError, ConfigError
-from supmim.export_cli import FORMATS
 from supmim.model_card import render_model_card
 from supmim.models import vit_kwargs
 from supmim.run import RunDir, timm_data_config
 
+FORMATS = ("timm", "onnx")
 data_config_of = timm_data_config  # the old name
 
 

@@ -8,7 +8,7 @@ import shlex
 
 from supmim.errors import ConfigError
 
-FORMATS = ("timm", "onnx")
+FORMATS = ("timm", "onnx")  # = supmim.export.FORMATS, spelled out so `--help` imports no torch
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from supmim.config import build_config
 from supmim.data import resolve_data
 from supmim.training import train
-from supmim.errors import CheckpointError
+from supmim.errors import CheckpointError, ConfigError
 from supmim.export import export_run, load_run_encoder
 from tests._fixtures import make_image_folder
 
@@ -78,6 +78,13 @@ def test_export_without_head(trained_run, tmp_path):
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert model.num_classes == 0
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 32)
+
+
+def test_the_command_offers_the_formats_export_writes(tmp_path):
+    from supmim import export, export_cli
+    assert export_cli.FORMATS == export.FORMATS  # spelled out twice so --help imports no torch
+    with pytest.raises(ConfigError, match="not one of timm, onnx"):
+        export_run(tmp_path, tmp_path / "e", fmt="tflite")
 
 
 def test_export_of_a_non_run_fails_clearly(tmp_path):
