@@ -4,6 +4,7 @@ batches identical to the worker loader's, the auto choice, and exact resume of a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -106,6 +107,11 @@ def test_auto_falls_back_and_device_refuses_what_it_cannot_batch(tmp_path):
             _cfg(data, **{key: value, "data.loader": "device"})  # before any data is read
     rrc = _cfg(data, **{"data.crop": "rrc"})
     assert not build_loaders(rrc, build_run_data(rrc), cpu).resident
+    not_held = dataclasses.replace(run, resident=False)  # what only the data can tell
+    with pytest.raises(ConfigError, match="data.loader=device cannot be used: the training "
+                                          "data is not an indexed image dataset"):
+        build_loaders(_cfg(data, **{"data.loader": "device"}), not_held, cpu)
+    assert not build_loaders(_cfg(data), not_held, cpu).resident
 
 
 def test_a_mim_run_on_the_device_path_resumes_exactly(tmp_path):
