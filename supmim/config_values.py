@@ -1,7 +1,7 @@
 """How a value written in YAML or on the command line becomes a typed config value: the
 keys with a fixed set of choices, type checks against the dataclass annotations, and
-``key=value`` override parsing. Nothing here knows the config's sections, so
-:mod:`supmim.config` (which does) can import it."""
+``key=value`` override parsing. Nothing here needs the config's dataclasses, so
+:mod:`supmim.config`, which defines them, imports this module and not the other way round."""
 
 from __future__ import annotations
 
