@@ -6,8 +6,9 @@ A submitit job runs the same training as the local launcher (``--resume auto``: 
 checkpoint continues from it). :class:`ArmJob` is checkpointable, so a job pre-empted or at its
 time limit (submitit's SIGUSR2) is requeued and continues from the run's last checkpoint. The
 cluster settings (:mod:`supmim.experiments.cluster`) come from ``--slurm-*`` flags over a
-``--launcher-config`` YAML file and are checked before anything is submitted; job logs go to ``SWEEP/jobs/<job id>/``, and the job of
-each arm-seed is recorded in ``SWEEP/jobs.json`` for ``--report-only``.
+``--launcher-config`` YAML file and are checked before anything is submitted; job logs go to
+``SWEEP/jobs/<job id>/``, and the job of each arm-seed is recorded in ``SWEEP/jobs.json`` for
+``--report-only``.
 """
 
 from __future__ import annotations

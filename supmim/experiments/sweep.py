@@ -24,7 +24,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from supmim.experiments.compare import format_stat, run_arm, seed_stats  # noqa: F401 (run_arm: re-exported)
+from supmim.experiments.compare import (format_stat, run_arm,  # noqa: F401 (run_arm: re-exported)
+                                        seed_stats)
 from supmim.experiments.launchers import (ArmSeed, Launcher, LocalLauncher, collect,
                                           recorded_jobs, run_arm_seed, run_state)
 from supmim.experiments.verdict import knn_top1  # noqa: F401 (re-exported)
