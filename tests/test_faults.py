@@ -5,6 +5,7 @@ intact checkpoint and ends with exactly the weights of an undisturbed run."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from supmim.export import export_run
 from supmim.run import RunDir
 from supmim.run import rundir as rundir_mod
 from supmim.run.checkpoint import check_run, list_checkpoints
-from supmim.run.lock import RunLock
+from supmim.run.lock import RunLock, RunLocked
 from supmim.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,6 +331,22 @@ def test_a_requeued_job_waits_for_the_lock(tmp_path, reference, capsys):
     assert _same(_weights(run), want)
 
 
+def test_a_refusal_waits_for_a_holder_that_has_not_recorded_itself_yet(tmp_path):
+    # The holder has the flock but has not written its record (the race of two copies started
+    # together); the refused copy names it once the record appears.
+    path = tmp_path / "run" / RunLock.NAME
+    path.parent.mkdir()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    record = json.dumps({"pid": 4242, "host": "h", "started": "now"})
+    threading.Timer(0.3, path.write_text, args=(record,)).start()
+    try:
+        with pytest.raises(RunLocked, match="in use by process 4242 on h"):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.slow
 def test_two_writers_started_together_one_runs_one_is_refused(tmp_path, reference):
     data, _, _ = reference
@@ -342,7 +359,9 @@ def test_two_writers_started_together_one_runs_one_is_refused(tmp_path, referenc
     results = [(p.wait(), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
-    assert "is in use by process" in next(err for code, err in results if code == 2)
+    refusal = next(err for code, err in results if code == 2)
+    # The holder is named once it has recorded itself (the refused copy waits a second for that)
+    assert "is in use by" in refusal and "use another --out" in refusal, refusal
     epochs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in epochs if r["type"] == "epoch"] == [1, 2]
 

@@ -51,7 +51,7 @@ class RunLock:
                                       "does not support flock; use a local or NFS v4 folder "
                                       "for --out") from err
                 if time.monotonic() >= deadline:
-                    holder = self.holder()
+                    holder = self._recorded_holder()
                     os.close(fd)
                     raise RunLocked(f"run directory '{self.path.parent}' is in use by "
                                     f"{_describe(holder)}; wait for it to finish (or stop it), "
@@ -70,6 +70,17 @@ class RunLock:
             return json.loads(self.path.read_text() or "null")
         except (OSError, ValueError):
             return None
+
+    def _recorded_holder(self, patience: float = 1.0) -> dict[str, Any] | None:
+        """The holder's record, waiting up to ``patience`` s for one that just took the lock.
+
+        A writer records itself right after ``flock`` succeeds; a second writer started at the
+        same moment can look in between and would otherwise name nobody.
+        """
+        deadline = time.monotonic() + patience
+        while (holder := self.holder()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return holder
 
     def release(self) -> None:
         if self._fd is not None:
