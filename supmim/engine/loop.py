@@ -35,11 +35,12 @@ from supmim.engine import dist
 from supmim.engine.build import (Loaders, TrainParts, build_loaders, build_parts,
                                  guarded_batches)
 from supmim.engine.evaluate import evaluate, evaluate_encoder
+from supmim.engine.limits import RunLimits
 from supmim.engine.masked_loader import with_masks, with_views
 from supmim.engine.signals import StopRequest
 from supmim.engine.state import TrainState, full_states, new_accumulator, restore
 from supmim.engine.step import Batch, PendingSteps, StepRecord, TrainStep
-from supmim.errors import CheckpointError, ConfigError, Interrupted, TrainingError
+from supmim.errors import CheckpointError, Interrupted, TrainingError
 from supmim.loggers import LoggerSet, open_loggers
 from supmim.run import RunDir, use_pretrained_stats
 from supmim.run.tokenizer import check_tokenizer
@@ -110,7 +111,7 @@ class Trainer:
         self.stop = StopRequest()
         self.stopping = False  # any process got a signal (agreed when steps are read)
         self.pending = PendingSteps()  # steps whose results are still on the device
-        self._bad_seen = (-1, 0)  # (bad-file log size, distinct files) at the last check
+        self.limits = RunLimits(cfg, self.run, self.data)  # bad files, bad steps in a row
         self.loggers = LoggerSet()  # fit opens train.logger's, once the start step is known
         self.ready = True
 
@@ -296,7 +297,9 @@ class Trainer:
         for rec in records:
             if rec.stats is None:
                 acc["skipped"] += 1
-                self._skip_step(rec.loss, step=rec.step, overflow=rec.overflow)
+                self._log({"type": "skip", "step": rec.step, "loss": rec.loss,
+                           **({"overflow": True} if rec.overflow else {})})
+                self.limits.count_skip(self.state.skipped, step=rec.step, overflow=rec.overflow)
                 continue
             acc["count"] += 1
             self.state.skipped["in_row"] = 0
@@ -359,24 +362,6 @@ class Trainer:
                 "step_seconds": acc["step_seconds"] / steps, "skipped_steps": acc["skipped"],
                 "img_per_s": steps * cfg.data.batch_size * accum / max(acc["seconds"], 1e-9)}
 
-    def _check_bad_files(self) -> None:
-        """Stop once unreadable files exceed ``data.max_bad_fraction`` of the data."""
-        path = self.run.bad_files_path
-        size = path.stat().st_size if path.is_file() else 0
-        if size == self._bad_seen[0]:
-            return
-        bad = read_bad_log(path)
-        self._bad_seen = (size, len(bad))
-        total = sum(len(ds) for ds in (self.data.train, self.data.eval, self.data.test)
-                    if ds is not None)
-        limit = self.cfg.data.max_bad_fraction
-        if len(bad) > limit * total:
-            listed = ", ".join(list(bad)[:3])
-            raise TrainingError(
-                f"{len(bad)} unreadable image files (more than data.max_bad_fraction={limit} "
-                f"of {total}), e.g. {listed}; all are listed in '{path}'. Replace or remove "
-                "them, or raise data.max_bad_fraction, then continue with --resume auto")
-
     def _report(self, records: list[StepRecord], bar: Any, epoch: int, epoch_start: float,
                 steps_here: int) -> None:
         """After reading steps back: the progress bar, the ``train`` line of the last step
@@ -392,23 +377,7 @@ class Trainer:
             self._log({"type": "train", "epoch": epoch + 1, "step": self.step,
                        "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": rate,
                        **stats})
-        self._check_bad_files()
-
-    def _skip_step(self, loss: float, *, step: int, overflow: bool = False) -> None:
-        """Step ``step`` (1-based) was skipped: count and log it; stop after
-        ``train.max_bad_steps`` in a row (fp16's overflows do not count)."""
-        skipped = self.state.skipped
-        skipped["total"] += 1
-        skipped["in_row"] += 0 if overflow else 1  # fp16's overflows: not towards the limit
-        self._log({"type": "skip", "step": step, "loss": loss,
-                   **({"overflow": True} if overflow else {})})
-        limit = self.cfg.train.max_bad_steps
-        if skipped["in_row"] >= limit:
-            raise TrainingError(
-                f"{skipped['in_row']} steps in a row had a non-finite loss or gradient "
-                f"(up to step {step}; train.max_bad_steps={limit}). The last good "
-                f"checkpoint '{self.run.latest()}' is intact. Lower train.lr, set "
-                "train.clip_grad, or check the data, then continue with --resume auto")
+        self.limits.check_bad_files()
 
     def _final_eval(self, loader: Any) -> dict[str, float]:
         """The final model on ``loader``; the last epoch's numbers when it was the eval split."""
