@@ -39,7 +39,8 @@ def run_knn(model: LoadedModel, data: str, options: KnnOptions, *,
     options.check()
     timer = Timer()
     device = prepare(model, device)
-    train, test = get_split(data, options.train_split, options), get_split(data, options.test_split, options)
+    train = get_split(data, options.train_split, options)
+    test = get_split(data, options.test_split, options)
     train_x, train_y = features(model, train, device, options)
     test_x, test_y = features(model, test, device, options)
     scores = knn_evaluate(train_x, train_y, test_x, test_y, ks=options.k, temperature=options.temperature,

@@ -31,7 +31,8 @@ def run_linear(model: LoadedModel, data: str, options: LinearOptions, *,
     options.check()
     timer = Timer()
     device = prepare(model, device)
-    train, test = get_split(data, options.train_split, options), get_split(data, options.test_split, options)
+    train = get_split(data, options.train_split, options)
+    test = get_split(data, options.test_split, options)
     train_x, train_y = features(model, train, device, options)
     test_x, test_y = features(model, test, device, options)
     probe = fit_linear_probe(train_x, train_y, len(train.classes), wd_grid=options.wd,
