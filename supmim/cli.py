@@ -259,11 +259,27 @@ The trainer's speed options, and where each is measured:
 """
 
 
+TRAIN_EXAMPLES = """\
+examples:
+  supmim train --data cifar10_small.tar.gz --preset cifar10 --out runs/mim
+  supmim train --data DIR --out runs/base --no-mim --epochs 30 --set train.lr=5e-4
+  supmim train --data DIR --out runs/mim --tokenizer runs/tok --set mim.mask_ratio=0.5
+  supmim train --out runs/mim --resume auto          # continue after a stop or a crash
+  torchrun --standalone --nproc_per_node 4 -m supmim.cli train --data DIR --out runs/ddp
+`supmim config [--preset NAME]` prints the whole configuration: every key --set accepts.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supmim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="supmim", description="Supervised ViT training with an auxiliary masked-image-"
+        "modeling loss (VQ-token targets), and the evaluations that measure what it does. "
+        "`supmim COMMAND --help` for each command's options.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one run (supervised + MIM, or --no-mim)")
+    p = sub.add_parser("train", help="train one run (supervised + MIM, or --no-mim)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=TRAIN_EXAMPLES)
     _add_config_args(p, data_required=False)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--seed", type=int)
@@ -408,7 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
     from supmim.visualize import register as register_visualize
     register_eval(sub)
     register_visualize(sub)
+    _describe_subcommands(parser)
     return parser
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give each subcommand without a description its one-line help, so that
+    ``supmim train --help`` says what the command does, as ``supmim --help`` does."""
+    for action in parser._actions:  # argparse keeps subcommands only in private fields
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None:
+                    sub.description = helps.get(name)
+                _describe_subcommands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

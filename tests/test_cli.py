@@ -126,3 +126,30 @@ def test_shell_completion_through_argcomplete(tmp_path, line, expected):
     assert {word.strip() for word in out.read_text().split("\v")} == expected
     imported = {ln.split("|")[-1].strip() for ln in done.stderr.splitlines() if "|" in ln}
     assert "torch" not in imported
+
+
+def _subparsers(parser, path=()):
+    """(command path, parser) for every subcommand, nested ones included."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_every_subcommand_help_says_what_it_does_and_train_examples_parse():
+    from supmim.cli import TRAIN_EXAMPLES, build_parser
+    parser = build_parser()
+    commands = dict(_subparsers(parser))
+    assert ("eval", "knn") in commands and ("tokenizer", "cache") in commands
+    undescribed = [" ".join(path) for path, sub in commands.items() if not sub.description]
+    assert not undescribed
+    assert "train one run" in commands[("train",)].format_help()
+    # the examples in `supmim train --help` use flags that exist
+    examples = [line.split("#")[0].split() for line in TRAIN_EXAMPLES.splitlines()
+                if line.strip().startswith(("supmim train", "torchrun"))]
+    assert len(examples) == 5
+    for words in examples:
+        args = parser.parse_args(words[words.index("train"):])
+        assert args.command == "train" and args.out.startswith("runs/")
