@@ -61,7 +61,7 @@ def test_a_rising_arm_is_flagged_not_converged(tmp_path):
     assert base["converged"] is False and base["suggest_epochs"] == 12
     assert base["rise"] == pytest.approx(6.0)  # slope 3 per epoch over the last 2 epochs
     md = render_markdown(result)
-    assert "**not converged**" in md and "--epochs 12" in md
+    assert "**not converged**" in md and "--epochs 12" in md and "(seed spread " in md
     # paired deltas: seed 0 -1, seed 1 -2.5 (for test and kNN alike); a t-interval from 2 seeds
     d = result["delta_mim_minus_baseline"]
     assert result["per_seed_delta_test_top1"] == pytest.approx({0: -1.0, 1: -2.5})
@@ -75,3 +75,10 @@ def test_a_rising_arm_is_flagged_not_converged(tmp_path):
     flat_runs = _runs(tmp_path / "flat", {("baseline", 0): flat, ("mim", 0): flat,
                                           ("baseline", 1): flat, ("mim", 1): flat})
     assert summarize(flat_runs, build_config())["converged"] is True
+
+    # one seed: the report says the spread it compares against is assumed, not measured
+    one = _runs(tmp_path / "one", {("baseline", 0): rising, ("mim", 0): flat})
+    verdicts = summarize(one, build_config(overrides=["train.epochs=6"]))["convergence"]
+    assert verdicts["baseline"]["converged"] is False and verdicts["mim"]["converged"] is True
+    lines = verdict.converged_line("baseline", verdicts["baseline"])
+    assert "one seed: a spread of 1.00 assumed" in lines and "this arm is still learning" in lines

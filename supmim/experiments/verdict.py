@@ -105,7 +105,7 @@ def convergence(run_dirs: list[Path], epochs: int) -> dict[str, Any]:
     spread = max(statistics.stdev(finals), MIN_SPREAD) if len(finals) > 1 else ONE_SEED_SPREAD
     converged = rise <= spread
     return {"converged": converged, "rise": rise, "window_epochs": rises[0][1],
-            "seed_spread": spread, "epochs": epochs,
+            "seed_spread": spread, "seeds": len(finals), "epochs": epochs,
             "suggest_epochs": None if converged else 2 * epochs}
 
 
@@ -114,10 +114,12 @@ def converged_line(arm: str, verdict: dict[str, Any]) -> str:
     if verdict.get("converged") is None:
         return f"{arm}: convergence not judged ({verdict.get('reason')})."
     state = "converged" if verdict["converged"] else "**not converged**"
+    spread = (f"seed spread {verdict['seed_spread']:.2f}" if verdict.get("seeds", 2) > 1
+              else f"one seed: a spread of {verdict['seed_spread']:.2f} assumed")
     text = (f"{arm}: {state}: validation top-1 moved {verdict['rise']:+.2f} points over its last "
-            f"{verdict['window_epochs']} epochs (seed spread {verdict['seed_spread']:.2f})")
+            f"{verdict['window_epochs']} epochs ({spread})")
     if not verdict["converged"]:
-        text += (f"; both arms are still learning, so the delta may change: try "
+        text += (f"; this arm is still learning, so the delta may change: try "
                  f"--epochs {verdict['suggest_epochs']}")
     return text + "."
 
