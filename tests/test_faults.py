@@ -33,8 +33,10 @@ from supmim.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 3 epochs x 9 steps (72 images), EMA on (so ema.safetensors exists), one checkpoint per epoch, 2 kept
+# train.threads=1: the reference, the killed copy (a subprocess) and the resumed run all use one
+# thread, whatever the test process has; CPU reductions split by thread count differ in the last bit
 OVERRIDES = ["train.epochs=3", "data.batch_size=8", "train.ema=true", "train.checkpoint_every=0",
-             "data.num_workers=0"]
+             "data.num_workers=0", "train.threads=1"]
 
 
 def _cfg(data: Path, *extra: str):
