@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from supmim.cli_help import BENCH_NOTES, TRAIN_EXAMPLES, describe_subcommands
 from supmim.completion import enable as enable_completion
 from supmim.config import PRESETS, build_config, save_config
 from supmim.errors import Interrupted, SupmimError
@@ -242,34 +243,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_NOTES = """\
-The three loops run on synthetic in-memory batches, interleaved over --rounds rounds; the
-ratios are medians of each round's ratio, printed with their range. Per loop it also prints
-page faults and kernel time per step, and MFU on GPUs.
-
-The trainer's speed options, and where each is measured:
-  train.compile=auto|true|false  torch.compile of the clean pass, the masked pass + decoder +
-      MIM loss and the frozen tokenizer; auto = on CUDA only (--compile / --no-compile here).
-  data.loader=auto|device|workers  decode data that fits (data.device_max_mb) once into a
-      uint8 tensor on the training device and crop, flip and mask there in batches; --data
-      here times the worker loader, benchmarks/loader_speed.py compares the two.
-  mim.token_cache=DIR  token ids of K augmented views per image, precomputed by
-      `supmim tokenizer cache`: the step runs no tokenizer; benchmarks/token_cache.py measures
-      the tokenizer's share of the step with and without it.
-"""
-
-
-TRAIN_EXAMPLES = """\
-examples:
-  supmim train --data cifar10_small.tar.gz --preset cifar10 --out runs/mim
-  supmim train --data DIR --out runs/base --no-mim --epochs 30 --set train.lr=5e-4
-  supmim train --data DIR --out runs/mim --tokenizer runs/tok --set mim.mask_ratio=0.5
-  supmim train --out runs/mim --resume auto          # continue after a stop or a crash
-  torchrun --standalone --nproc_per_node 4 -m supmim.cli train --data DIR --out runs/ddp
-`supmim config [--preset NAME]` prints the whole configuration: every key --set accepts.
-"""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supmim", description="Supervised ViT training with an auxiliary masked-image-"
@@ -424,20 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     from supmim.visualize import register as register_visualize
     register_eval(sub)
     register_visualize(sub)
-    _describe_subcommands(parser)
+    describe_subcommands(parser)
     return parser
-
-
-def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
-    """Give each subcommand without a description its one-line help, so that
-    ``supmim train --help`` says what the command does, as ``supmim --help`` does."""
-    for action in parser._actions:  # argparse keeps subcommands only in private fields
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help for a in action._choices_actions}
-            for name, sub in action.choices.items():
-                if sub.description is None:
-                    sub.description = helps.get(name)
-                _describe_subcommands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

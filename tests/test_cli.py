@@ -139,7 +139,8 @@ def _subparsers(parser, path=()):
 
 
 def test_every_subcommand_help_says_what_it_does_and_train_examples_parse():
-    from supmim.cli import TRAIN_EXAMPLES, build_parser
+    from supmim.cli import build_parser
+    from supmim.cli_help import TRAIN_EXAMPLES
     parser = build_parser()
     commands = dict(_subparsers(parser))
     assert ("eval", "knn") in commands and ("tokenizer", "cache") in commands
