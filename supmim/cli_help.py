@@ -5,6 +5,7 @@ subcommand's description. No torch is imported here, so ``--help`` stays fast.""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 
 BENCH_NOTES = """\
@@ -35,13 +36,20 @@ examples:
 """
 
 
-def describe_subcommands(parser: argparse.ArgumentParser) -> None:
-    """Give each subcommand without a description its one-line help, so that
-    ``supmim train --help`` says what the command does, as ``supmim --help`` does."""
+def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+                ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str | None]]:
+    """(command path, parser, one-line help) of every subcommand, nested ones included."""
     for action in parser._actions:  # argparse keeps subcommands only in private fields
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help for a in action._choices_actions}
             for name, sub in action.choices.items():
-                if sub.description is None:
-                    sub.description = helps.get(name)
-                describe_subcommands(sub)
+                yield (*path, name), sub, helps.get(name)
+                yield from subcommands(sub, (*path, name))
+
+
+def describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give each subcommand without a description its one-line help, so that
+    ``supmim train --help`` says what the command does, as ``supmim --help`` does."""
+    for _, sub, help_text in subcommands(parser):
+        if sub.description is None:
+            sub.description = help_text

@@ -128,21 +128,11 @@ def test_shell_completion_through_argcomplete(tmp_path, line, expected):
     assert "torch" not in imported
 
 
-def _subparsers(parser, path=()):
-    """(command path, parser) for every subcommand, nested ones included."""
-    import argparse
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield (*path, name), sub
-                yield from _subparsers(sub, (*path, name))
-
-
 def test_every_subcommand_help_says_what_it_does_and_train_examples_parse():
     from supmim.cli import build_parser
-    from supmim.cli_help import TRAIN_EXAMPLES
+    from supmim.cli_help import TRAIN_EXAMPLES, subcommands
     parser = build_parser()
-    commands = dict(_subparsers(parser))
+    commands = {path: sub for path, sub, _ in subcommands(parser)}
     assert ("eval", "knn") in commands and ("tokenizer", "cache") in commands
     undescribed = [" ".join(path) for path, sub in commands.items() if not sub.description]
     assert not undescribed
