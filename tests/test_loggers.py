@@ -8,6 +8,7 @@ and resumed to the end from step 3."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -283,3 +284,53 @@ def test_mlflow_store_holds_the_metrics_params_and_grid(run):
     assert "target: pixel" in (artifacts / "config.yaml").read_text()
     (png,) = (artifacts / "images").glob("mim_grid+step+9+*[0-9a-f].png")
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), _grid(out))
+
+
+# ---------------------------------------------------------------- no connection
+_GUARD = """
+import socket, sys, threading
+log = open(sys.argv[1], "a", buffering=1)
+def refuse(what, address):
+    log.write(f"{what} {address!r} in thread {threading.current_thread().name}\\n")
+    raise OSError("network access attempted")
+real_connect = socket.socket.connect
+def connect(self, address):
+    if self.family == socket.AF_UNIX:  # W&B talks to its own service through a local socket
+        return real_connect(self, address)
+    refuse("connect", address)
+socket.socket.connect = connect
+socket.getaddrinfo = lambda host, port, *a, **k: refuse("getaddrinfo", (host, port))
+from supmim.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow  # one ~10 s run in its own process, exit hooks included
+def test_offline_loggers_open_no_connection_until_the_process_has_exited(tmp_path):
+    """W&B (offline) and MLflow (local store) start telemetry threads of their own unless
+    told not to: W&B's analytics exporter and MLflow's config fetch. A connection from any
+    thread, at any time up to the process's exit, is recorded by the guard."""
+    data = make_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    attempts = tmp_path / "attempts.txt"
+    # as a user's shell has it: MLflow also stays quiet under pytest or CI, so those go
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))
+           and k not in ("DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI")}
+    env.update(WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"),
+               WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"))
+    args = ["train", "--preset", "tiny-test", "--data", str(data), "--target", "pixel",
+            "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet",
+            "--set", "train.logger=wandb,mlflow", "--set", "data.val_fraction=0",
+            "--set", "data.batch_size=4"]
+    done = subprocess.run([sys.executable, "-c", _GUARD, str(attempts), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "mlflow.db").is_file() and (tmp_path / "run" / "wandb").is_dir()
+    assert not attempts.exists() or attempts.read_text() == ""
+    # the guard is real: the same wrapper records an attempt and the command fails
+    probe = "import socket; socket.create_connection(('example.com', 80))"
+    failed = subprocess.run([sys.executable, "-c", _GUARD.replace(
+        "from supmim.cli import main", probe + "\nfrom supmim.cli import main"),
+        str(attempts), "--help"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120)
+    assert failed.returncode != 0
+    assert "getaddrinfo ('example.com', 80) in thread MainThread" in attempts.read_text()

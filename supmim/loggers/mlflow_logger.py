@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 import yaml
-from mlflow.entities import Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+
+# MLflow fetches a telemetry config and sends usage events from a thread of its own, decided
+# when mlflow is imported; a run logged to a local store should open no connection.
+# MLFLOW_DISABLE_TELEMETRY=false in the environment keeps MLflow's default.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow.entities import Metric, Param  # noqa: E402 (after the telemetry switch)
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from supmim.loggers.base import ExperimentLogger, Status, flat_config, read_image, scalars
 

@@ -14,7 +14,7 @@ from supmim.loggers.base import ExperimentLogger, Status, read_image, scalars
 
 class WandbLogger(ExperimentLogger):
     """``wandb.init(mode="offline", dir=RUN)``: nothing leaves the machine until
-    ``wandb sync RUN/wandb/offline-run-*``. Setting ``WANDB_MODE`` (online, disabled, ...)
+    ``wandb sync RUN/wandb/offline-run-*``, W&B's own usage analytics included. Setting ``WANDB_MODE`` (online, disabled, ...)
     hands the choice back to W&B; ``WANDB_PROJECT`` names the project (default "supmim"),
     the run is named after its directory.
 
@@ -30,10 +30,15 @@ class WandbLogger(ExperimentLogger):
     def __init__(self, run_dir: Path, *, run_name: str, step: int,
                  stored: dict[str, Any] | None) -> None:
         run_id = (stored or {}).get("id")
+        offline = not os.environ.get("WANDB_MODE")
+        if offline:
+            # W&B's analytics exporter reads the process-wide settings, not the run's mode:
+            # without this an offline run still posts usage metrics to W&B's server
+            wandb.setup(wandb.Settings(mode="offline"))
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "supmim"), name=run_name,
             dir=str(run_dir), id=run_id, resume="allow" if run_id else None,
-            mode=None if os.environ.get("WANDB_MODE") else "offline",
+            mode="offline" if offline else None,
             settings=wandb.Settings(console="off"))
 
     def log_config(self, config: dict[str, Any]) -> None:
