@@ -14,9 +14,11 @@ from supmim.loggers.base import ExperimentLogger, Status, read_image, scalars
 
 class WandbLogger(ExperimentLogger):
     """``wandb.init(mode="offline", dir=RUN)``: nothing leaves the machine until
-    ``wandb sync RUN/wandb/offline-run-*``, W&B's own usage analytics included. Setting ``WANDB_MODE`` (online, disabled, ...)
-    hands the choice back to W&B; ``WANDB_PROJECT`` names the project (default "supmim"),
-    the run is named after its directory.
+    ``wandb sync RUN/wandb/offline-run-*``, W&B's own usage analytics included. For that
+    the process's W&B settings are set offline: a later ``wandb.init`` in the same Python
+    process is offline too unless it passes ``mode="online"``. Setting ``WANDB_MODE``
+    (online, disabled, ...) hands the choice back to W&B; ``WANDB_PROJECT`` names the
+    project (default "supmim"), the run is named after its directory.
 
     The config is W&B's nested config (``model``, ``mim``, ``data``, ``train``); metrics
     are ``<type>/<key>`` at their optimizer step. A resumed run continues the same run id
