@@ -315,8 +315,8 @@ def test_offline_loggers_open_no_connection_until_the_process_has_exited(tmp_pat
     # as a user's shell has it: MLflow also stays quiet under pytest or CI, so those go
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))
            and k not in ("DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI")}
-    env.update(WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"),
-               WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"))
+    env.update({name: str(tmp_path / name.lower())
+                for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")})
     args = ["train", "--preset", "tiny-test", "--data", str(data), "--target", "pixel",
             "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet",
             "--set", "train.logger=wandb,mlflow", "--set", "data.val_fraction=0",
