@@ -39,6 +39,8 @@ OVERRIDES = ["train.epochs=3", "data.batch_size=8", "train.checkpoint_every=0",
              "data.num_workers=0", "train.keep_checkpoints=3",
              "train.logger=tensorboard,wandb,mlflow"]
 RESUMED_AT = 3
+# where W&B keeps its own settings, cache and data: kept in the test's folder, not in $HOME
+WANDB_DIRS = ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
 LR = build_config(preset="tiny-test").train.lr
 
 
@@ -58,7 +60,7 @@ def run(tmp_path_factory):
         for name in ("WANDB_MODE", "WANDB_PROJECT", "MLFLOW_TRACKING_URI",
                      "MLFLOW_EXPERIMENT_NAME"):
             mp.delenv(name, raising=False)
-        for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        for name in WANDB_DIRS:
             mp.setenv(name, str(root / name.lower()))
         train(_cfg(data, "train.max_steps=6"), out, progress=False)
         first = json.loads((out / "loggers.json").read_text())
@@ -315,8 +317,7 @@ def test_offline_loggers_open_no_connection_until_the_process_has_exited(tmp_pat
     # as a user's shell has it: MLflow also stays quiet under pytest or CI, so those go
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))
            and k not in ("DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI")}
-    env.update({name: str(tmp_path / name.lower())
-                for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")})
+    env.update({name: str(tmp_path / name.lower()) for name in WANDB_DIRS})
     args = ["train", "--preset", "tiny-test", "--data", str(data), "--target", "pixel",
             "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet",
             "--set", "train.logger=wandb,mlflow", "--set", "data.val_fraction=0",
